@@ -1,0 +1,280 @@
+// Command sendq runs sendq: an HTTP intake that queues emails in Redis and
+// workers that deliver them through pooled SMTP connections.
+//
+//	sendq serve    intake and worker in one process
+//	sendq api      intake only
+//	sendq worker   worker only (run as many as you like on one Redis)
+//
+// Configuration comes from the environment, each variable with a flag twin;
+// `sendq help` lists them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sendq/sendq/internal/outbox"
+	"github.com/sendq/sendq/metrics"
+	"github.com/sendq/sendq/producer"
+	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/worker"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr)) }
+
+const usage = `sendq: asynchronous email delivery with an SMTP-connector-compatible API
+
+Usage:
+  sendq serve    [flags]   intake and worker in one process (what a newcomer runs)
+  sendq api      [flags]   intake only
+  sendq worker   [flags]   worker only; run as many as you like on one Redis
+  sendq healthcheck [flags]  exit 0 if the local process answers /healthz (for container health checks)
+  sendq help               this text; 'sendq serve -h' lists every setting
+
+Every setting is an environment variable with a flag twin; see README.md.
+`
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	name := args[0]
+	switch name {
+	case "serve", "api", "worker", "healthcheck":
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "sendq: unknown command %q\n\n%s", name, usage)
+		return 2
+	}
+	cfg, err := Load(name, args[1:], getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "sendq: %v\n", err)
+		return 2
+	}
+	if name == "healthcheck" {
+		return healthcheck(cfg, stderr)
+	}
+	log := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, name, cfg, log); err != nil {
+		log.Error("sendq stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve builds the components for mode (serve, api or worker), runs them
+// until ctx is canceled, then stops them in order.
+func serve(ctx context.Context, mode string, cfg *Config, log *slog.Logger) error {
+	runAPI, runWorker := mode != "worker", mode != "api"
+
+	// Redis: the configured one, or an embedded in-memory one.
+	redisURL := cfg.RedisURL
+	if redisURL == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.Start(); err != nil {
+			return fmt.Errorf("embedded redis: %w", err)
+		}
+		defer mr.Close()
+		redisURL = "redis://" + mr.Addr()
+		log.Warn("REDIS_URL is not set: using an EMBEDDED IN-MEMORY Redis. Nothing survives a restart and other processes cannot share the queue. Set REDIS_URL for real use.",
+			"addr", mr.Addr())
+	}
+	rdb, err := queue.NewRedisClient(redisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, reg)
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	reg.MustRegister(metrics.NewQueueCollector(insp, queue.Name))
+	store := queue.NewStore(rdb, cfg.MaxAge+cfg.Retention+24*time.Hour)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		producer.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := rdb.Ping(rctx).Err(); err != nil {
+			producer.WriteError(w, http.StatusServiceUnavailable, "redis_unavailable", "", "Redis does not answer")
+			return
+		}
+		producer.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", m.Handler())
+	mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		_, _ = w.Write(producer.OpenAPI)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		producer.WriteError(w, http.StatusNotFound, "not_found", "", "no such route; see /openapi.yaml")
+	})
+
+	var client *asynq.Client
+	if runAPI {
+		keys, err := producer.ParseAPIKeys(cfg.APIKeys)
+		if err != nil {
+			return fmt.Errorf("SENDQ_API_KEYS: %w", err)
+		}
+		allow, err := producer.ParseAllowList(cfg.AllowedFrom)
+		if err != nil {
+			return fmt.Errorf("SENDQ_ALLOWED_FROM: %w", err)
+		}
+		if len(keys) == 0 {
+			log.Warn("SENDQ_API_KEYS is not set: the API accepts requests WITHOUT authentication. Anyone who reaches it can send mail.")
+		}
+		client = asynq.NewClientFromRedisClient(rdb)
+		api, err := producer.New(rdb, client, insp, store, producer.Config{
+			Keys: keys, AllowedFrom: allow,
+			Limits:       producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom},
+			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
+			Logger: log, Metrics: m,
+		})
+		if err != nil {
+			return err
+		}
+		api.Register(mux)
+	}
+
+	var w *worker.Worker
+	if runWorker {
+		smtpURL := cfg.SMTPURL
+		if smtpURL == "" {
+			ob, err := outbox.Start(cfg.OutboxDir, log)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = ob.Shutdown(sctx)
+			}()
+			smtpURL = ob.URL()
+			log.Warn("SENDQ_SMTP_URL is not set: delivering to an EMBEDDED capture server that writes each message as an .eml file instead of sending it.",
+				"dir", cfg.OutboxDir)
+		}
+		relay, err := worker.ParseRelay(smtpURL)
+		if err != nil {
+			return fmt.Errorf("SENDQ_SMTP_URL: %w", err)
+		}
+		w, err = worker.New(rdb, worker.Config{
+			Relay: relay,
+			Pool: worker.PoolConfig{Size: cfg.PoolSize, IdleTimeout: cfg.IdleTimeout, MaxConnAge: cfg.MaxConnAge,
+				CommandTimeout: cfg.SMTPTimeout},
+			Concurrency: cfg.Concurrency, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
+			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout,
+			Store: store, Logger: log, Metrics: m,
+		})
+		if err != nil {
+			return err
+		}
+		if err := w.Start(); err != nil {
+			return err
+		}
+		log.Info("worker started", "relay", relay.String(), "pool_size", cfg.PoolSize, "concurrency", cfg.Concurrency)
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		if w != nil {
+			w.Shutdown()
+		}
+		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
+	}
+	srv := &http.Server{
+		Handler:           m.Instrument(mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }() // ends when srv.Shutdown is called
+	log.Info("sendq listening", "mode", mode, "addr", ln.Addr().String())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("stopping: signal received")
+	case err := <-serveErr:
+		runErr = fmt.Errorf("http server: %w", err)
+	}
+
+	// Shutdown order: (1) stop the intake, so no new 202 is promised;
+	// (2) stop the worker: no new fetches, in-flight sends finish within
+	// the shutdown timeout, then the pool says QUIT; (3) the deferred
+	// closes: Redis client, embedded outbox, embedded Redis.
+	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(hctx)
+	if w != nil {
+		w.Shutdown()
+	}
+	if client != nil {
+		_ = client.Close()
+	}
+	log.Info("sendq stopped")
+	return runErr
+}
+
+// healthcheck asks the local process' /healthz; a container health check
+// runs it, so the image needs no shell or curl.
+func healthcheck(cfg *Config, stderr io.Writer) int {
+	host, port, err := net.SplitHostPort(cfg.HTTPAddr)
+	if err != nil {
+		fmt.Fprintf(stderr, "healthcheck: %v\n", err)
+		return 1
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/healthz")
+	if err != nil {
+		fmt.Fprintf(stderr, "healthcheck: %v\n", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "healthcheck: %s\n", resp.Status)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,314 @@
+// Package metrics defines every Prometheus metric sendq exports and the
+// /metrics handler. Metrics are built on an injected prometheus.Registerer,
+// so tests use prometheus.NewRegistry(). Label values are bounded enums
+// (route, code, reason, class, state, queue): never an address, an id or a
+// subject. Every known label combination is initialised to zero so that
+// rates and alerts work from the first scrape.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const namespace = "sendq"
+
+// Reply classes for SMTP replies.
+const (
+	Class2xx     = "2xx"
+	Class4xx     = "4xx"
+	Class5xx     = "5xx"
+	ClassNetwork = "network" // no reply: refused, dropped, timed out
+)
+
+// ReplyClasses lists every reply class.
+var ReplyClasses = []string{Class2xx, Class4xx, Class5xx, ClassNetwork}
+
+// Attempt outcomes.
+const (
+	OutcomeSent    = "sent"    // every pending recipient accepted
+	OutcomeRetry   = "retry"   // some recipient deferred, the email will be tried again
+	OutcomeFailed  = "failed"  // the email is finished with at least one failure
+	OutcomeAborted = "aborted" // the attempt could not run (Redis error, shutdown)
+)
+
+// Metrics holds every collector. A nil *Metrics is not valid; use New.
+type Metrics struct {
+	reg prometheus.Gatherer
+
+	EmailsAccepted prometheus.Counter
+	EmailsSent     prometheus.Counter
+	EmailsFailed   *prometheus.CounterVec // reason
+	RecipientsSent prometheus.Counter
+	RecipientsFail *prometheus.CounterVec // reason
+	Attempts       *prometheus.CounterVec // outcome
+	AttemptsPerMsg prometheus.Histogram
+	IdemReplays    prometheus.Counter
+
+	HTTPRequests *prometheus.CounterVec   // route, code
+	HTTPDuration *prometheus.HistogramVec // route
+
+	SMTPReplies      *prometheus.CounterVec // class
+	SMTPSendDuration prometheus.Histogram
+	EnqueueToFirst   prometheus.Histogram
+	EnqueueToSent    prometheus.Histogram
+
+	PoolOpen         prometheus.Gauge
+	PoolIdle         prometheus.Gauge
+	PoolInUse        prometheus.Gauge
+	PoolDials        prometheus.Counter
+	PoolDialFailures prometheus.Counter
+	PoolWait         prometheus.Histogram
+}
+
+// Routes lists the HTTP routes, for initialising label values.
+var Routes = []string{
+	"POST /v1/emails", "GET /v1/emails", "GET /v1/emails/{id}", "POST /v1/emails/{id}/retry",
+	"DELETE /v1/emails/{id}", "other",
+}
+
+// Reasons must match queue.Reasons; metrics does not import queue.
+var Reasons = []string{"permanent", "transient", "expired", "canceled", "invalid"}
+
+// New registers sendq's collectors, the Go and process collectors and a
+// build-info gauge on reg. gatherer serves /metrics.
+func New(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
+	f := promauto.With(reg)
+	m := &Metrics{reg: gatherer}
+	m.EmailsAccepted = f.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "emails_accepted_total",
+		Help: "Emails accepted by the intake (answered 202 after the task was stored in Redis)."})
+	m.EmailsSent = f.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "emails_sent_total",
+		Help: "Emails delivered to every recipient."})
+	m.EmailsFailed = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "emails_failed_total",
+		Help: "Emails finished with at least one recipient failed, by reason."}, []string{"reason"})
+	m.RecipientsSent = f.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "recipients_sent_total",
+		Help: "Recipients the SMTP server accepted a message for."})
+	m.RecipientsFail = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "recipients_failed_total",
+		Help: "Recipients given up on, by reason."}, []string{"reason"})
+	m.Attempts = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "delivery_attempts_total",
+		Help: "Delivery attempts by outcome (sent, retry, failed, aborted)."}, []string{"outcome"})
+	m.AttemptsPerMsg = f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "attempts_per_email",
+		Help: "Attempts an email took until it was finished.", Buckets: []float64{1, 2, 3, 5, 8, 13, 20, 40}})
+	m.IdemReplays = f.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "idempotent_replays_total",
+		Help: "Requests answered from an earlier request with the same Idempotency-Key."})
+	m.HTTPRequests = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "http_requests_total",
+		Help: "HTTP requests by route and status code."}, []string{"route", "code"})
+	m.HTTPDuration = f.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "http_request_duration_seconds",
+		Help: "HTTP request duration by route.", Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}},
+		[]string{"route"})
+	m.SMTPReplies = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "smtp_replies_total",
+		Help: "SMTP replies by class (2xx, 4xx, 5xx, network: no reply)."}, []string{"class"})
+	m.SMTPSendDuration = f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "smtp_send_duration_seconds",
+		Help: "Duration of one SMTP transaction (MAIL to the reply after DATA).", Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 14)})
+	m.EnqueueToFirst = f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "enqueue_to_first_attempt_seconds",
+		Help: "Time from acceptance to the first delivery attempt.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 14)})
+	m.EnqueueToSent = f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "enqueue_to_sent_seconds",
+		Help: "Time from acceptance until every recipient was sent.", Buckets: prometheus.ExponentialBuckets(0.001, 3, 16)})
+	m.PoolOpen = f.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "smtp_pool_connections_open",
+		Help: "SMTP connections open in this process."})
+	m.PoolIdle = f.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "smtp_pool_connections_idle",
+		Help: "SMTP connections open and idle in this process."})
+	m.PoolInUse = f.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "smtp_pool_connections_in_use",
+		Help: "SMTP connections carrying a message now."})
+	m.PoolDials = f.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "smtp_pool_dials_total",
+		Help: "SMTP connections dialed (connect, EHLO, STARTTLS, AUTH)."})
+	m.PoolDialFailures = f.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "smtp_pool_dial_failures_total",
+		Help: "SMTP dials that failed."})
+	m.PoolWait = f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "smtp_pool_wait_seconds",
+		Help: "Time a delivery waited for a pooled connection.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)})
+
+	for _, r := range Reasons {
+		m.EmailsFailed.WithLabelValues(r)
+		m.RecipientsFail.WithLabelValues(r)
+	}
+	for _, o := range []string{OutcomeSent, OutcomeRetry, OutcomeFailed, OutcomeAborted} {
+		m.Attempts.WithLabelValues(o)
+	}
+	for _, c := range ReplyClasses {
+		m.SMTPReplies.WithLabelValues(c)
+	}
+	for _, r := range Routes {
+		m.HTTPDuration.WithLabelValues(r)
+		for _, code := range []int{200, 202, 400, 401, 403, 404, 409, 413, 415, 429, 503} {
+			m.HTTPRequests.WithLabelValues(r, strconv.Itoa(code))
+		}
+	}
+
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	version, revision := buildVersion()
+	f.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "build_info",
+		Help: "Build information; the value is always 1."}, []string{"version", "revision", "goversion"}).
+		WithLabelValues(version, revision, goVersion()).Set(1)
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// QueueCollector reads queue depths from Redis at scrape time, so the
+// numbers are right however many workers run.
+type QueueCollector struct {
+	insp    *asynq.Inspector
+	queues  []string
+	tasks   *prometheus.Desc
+	oldest  *prometheus.Desc
+	memory  *prometheus.Desc
+	up      *prometheus.Desc
+	timeout time.Duration
+}
+
+// NewQueueCollector returns a collector of the given queues' depths.
+func NewQueueCollector(insp *asynq.Inspector, queues ...string) *QueueCollector {
+	return &QueueCollector{
+		insp: insp, queues: queues, timeout: 2 * time.Second,
+		tasks: prometheus.NewDesc(namespace+"_queue_tasks", "Tasks in the queue by state, read from Redis.",
+			[]string{"queue", "state"}, nil),
+		oldest: prometheus.NewDesc(namespace+"_queue_oldest_pending_seconds", "Age of the oldest pending task.",
+			[]string{"queue"}, nil),
+		memory: prometheus.NewDesc(namespace+"_queue_memory_bytes", "Redis memory used by the queue's tasks (sampled).",
+			[]string{"queue"}, nil),
+		up: prometheus.NewDesc(namespace+"_redis_up", "1 if Redis answered the last queue scrape.", nil, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.tasks
+	ch <- c.oldest
+	ch <- c.memory
+	ch <- c.up
+}
+
+// Collect implements prometheus.Collector.
+func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
+	up := 1.0
+	for _, q := range c.queues {
+		info, err := c.queueInfo(q)
+		if err != nil {
+			up = 0
+			continue
+		}
+		for state, n := range map[string]int{
+			"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled,
+			"retry": info.Retry, "archived": info.Archived, "completed": info.Completed,
+		} {
+			ch <- prometheus.MustNewConstMetric(c.tasks, prometheus.GaugeValue, float64(n), q, state)
+		}
+		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, info.Latency.Seconds(), q)
+		ch <- prometheus.MustNewConstMetric(c.memory, prometheus.GaugeValue, float64(info.MemoryUsage), q)
+	}
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
+}
+
+func (c *QueueCollector) queueInfo(q string) (*asynq.QueueInfo, error) {
+	type result struct {
+		info *asynq.QueueInfo
+		err  error
+	}
+	done := make(chan result, 1)
+	// The Inspector has no context: bound the scrape by a timer instead.
+	// The goroutine ends when GetQueueInfo returns (Redis timeouts bound it).
+	go func() {
+		info, err := c.insp.GetQueueInfo(q)
+		done <- result{info, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			// A queue nobody enqueued to yet is empty, not an error.
+			if isQueueNotFound(r.err) {
+				return &asynq.QueueInfo{Queue: q}, nil
+			}
+			return nil, r.err
+		}
+		return r.info, nil
+	case <-time.After(c.timeout):
+		return nil, context.DeadlineExceeded
+	}
+}
+
+func isQueueNotFound(err error) bool {
+	for e := err; e != nil; {
+		if e == asynq.ErrQueueNotFound {
+			return true
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		e = u.Unwrap()
+	}
+	return false
+}
+
+func buildVersion() (version, revision string) {
+	version, revision = "devel", "unknown"
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return
+	}
+	if bi.Main.Version != "" {
+		version = bi.Main.Version
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			revision = s.Value
+		}
+	}
+	return
+}
+
+func goVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		return bi.GoVersion
+	}
+	return "unknown"
+}
+
+// Instrument counts requests by route pattern and status code and times
+// them. The route is the ServeMux pattern that matched ("other" if none),
+// so label values stay bounded whatever the path.
+func (m *Metrics) Instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(rw, r)
+		route := r.Pattern
+		if route == "" || route == "/" {
+			route = "other"
+		}
+		m.HTTPRequests.WithLabelValues(route, strconv.Itoa(rw.code)).Inc()
+		m.HTTPDuration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code  int
+	wrote bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.code, w.wrote = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

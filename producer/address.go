@@ -1,0 +1,131 @@
+package producer
+
+import (
+	"fmt"
+	"net/mail"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/sendq/sendq/queue"
+)
+
+// SplitAddressList splits a connector address list on ';' or ',' outside
+// quotes, angle brackets and comments. Empty entries (a trailing ';') are
+// dropped.
+func SplitAddressList(s string) []string {
+	var out []string
+	var cur strings.Builder
+	inQuote, escaped := false, false
+	angle, paren := 0, 0
+	flush := func() {
+		if t := strings.TrimSpace(cur.String()); t != "" {
+			out = append(out, t)
+		}
+		cur.Reset()
+	}
+	for _, r := range s {
+		switch {
+		case escaped:
+			escaped = false
+		case r == '\\' && (inQuote || paren > 0):
+			escaped = true
+		case r == '"' && paren == 0:
+			inQuote = !inQuote
+		case inQuote:
+		case r == '<':
+			angle++
+		case r == '>' && angle > 0:
+			angle--
+		case r == '(':
+			paren++
+		case r == ')' && paren > 0:
+			paren--
+		case (r == ';' || r == ',') && angle == 0 && paren == 0:
+			flush()
+			continue
+		}
+		cur.WriteRune(r)
+	}
+	flush()
+	return out
+}
+
+// ParseAddress parses one mailbox ("a@b.com" or "Name <a@b.com>") and
+// refuses anything that could smuggle a header or an SMTP command: control
+// characters anywhere (also once RFC 2047 words are decoded), and address
+// forms a relay may read differently (quoted local parts, route addresses,
+// address literals).
+func ParseAddress(s string) (queue.Address, error) {
+	if !utf8.ValidString(s) {
+		return queue.Address{}, fmt.Errorf("is not valid UTF-8")
+	}
+	if hasControl(s) {
+		return queue.Address{}, fmt.Errorf("contains a control character")
+	}
+	a, err := mail.ParseAddress(s)
+	if err != nil {
+		return queue.Address{}, fmt.Errorf("%q is not an email address", s)
+	}
+	if hasControl(a.Name) {
+		return queue.Address{}, fmt.Errorf("display name of %q contains a control character", s)
+	}
+	if err := checkAddrSpec(a.Address); err != nil {
+		return queue.Address{}, fmt.Errorf("%q: %v", a.Address, err)
+	}
+	return queue.Address{Name: a.Name, Address: a.Address}, nil
+}
+
+// checkAddrSpec accepts dot-atom local parts and host-name domains only.
+func checkAddrSpec(addr string) error {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || at == len(addr)-1 {
+		return fmt.Errorf("needs a local part and a domain")
+	}
+	local, domain := addr[:at], addr[at+1:]
+	if len(local) > 64 || len(addr) > 254 {
+		return fmt.Errorf("is too long")
+	}
+	for _, atom := range strings.Split(local, ".") {
+		if atom == "" {
+			return fmt.Errorf("local part has an empty dot-atom")
+		}
+		for _, r := range atom {
+			if r < 0x80 && !isAtext(byte(r)) {
+				return fmt.Errorf("local part has %q: quoted or special local parts are not accepted", r)
+			}
+		}
+	}
+	for _, label := range strings.Split(domain, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("domain has an empty or too long label")
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("domain label %q starts or ends with '-'", label)
+		}
+		for _, r := range label {
+			if r < 0x80 && !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+				return fmt.Errorf("domain has %q", r)
+			}
+		}
+	}
+	return nil
+}
+
+func isAtext(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
+}
+
+// hasControl reports a C0 control character or DEL (CR, LF, NUL among
+// them). Tab is a control character too: no header sendq writes needs one.
+func hasControl(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == 0x85 || r == 0x2028 || r == 0x2029 {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,381 @@
+package producer
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"mime"
+	"path"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sendq/sendq/queue"
+)
+
+// FieldError is a client error about one field of the request body.
+type FieldError struct {
+	Field   string
+	Code    string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
+func fieldErr(field, format string, args ...any) *FieldError {
+	return &FieldError{Field: field, Code: "invalid_field", Message: fmt.Sprintf(format, args...)}
+}
+
+// The request fields, by lower-case name, with the spelling errors use.
+var requestFields = map[string]string{
+	"from": "From", "to": "To", "cc": "CC", "bcc": "Bcc", "subject": "Subject", "body": "Body",
+	"ishtml": "IsHtml", "importance": "Importance", "attachments": "Attachments",
+	"readreceipt": "ReadReceipt", "deliveryreceipt": "DeliveryReceipt", "sendat": "SendAt",
+}
+
+var attachmentFields = map[string]string{
+	"contentdata": "ContentData", "contenttype": "ContentType",
+	"contenttransferencoding": "ContentTransferEncoding", "filename": "FileName", "contentid": "ContentId",
+}
+
+// Limits bound what one request may ask for.
+type Limits struct {
+	// MaxRecipients across To, CC and Bcc. If zero, 100.
+	MaxRecipients int
+	// DefaultFrom is used when the request has no From.
+	DefaultFrom string
+}
+
+// DecodeRequest parses and validates a Send Email body (the union of the
+// connector's V1, V2 and V3 bodies; field names match case-insensitively)
+// into an email ready to queue. It never changes what the caller asked
+// for: anything it cannot send as given is a *FieldError.
+func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
+	if lim.MaxRecipients <= 0 {
+		lim.MaxRecipients = 100
+	}
+	if !utf8.Valid(body) {
+		return nil, &FieldError{Field: "", Code: "invalid_json", Message: "body is not valid UTF-8"}
+	}
+	fields, err := decodeObject(body, requestFields, "")
+	if err != nil {
+		return nil, err
+	}
+	e := &queue.Email{IsHTML: true, Importance: queue.ImportanceNormal}
+
+	fromRaw, err := optString(fields, "From")
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(fromRaw) == "" {
+		fromRaw = lim.DefaultFrom
+	}
+	if strings.TrimSpace(fromRaw) == "" {
+		return nil, &FieldError{Field: "From", Code: "missing_field", Message: "From is required"}
+	}
+	froms, ferr := addressList("From", fromRaw)
+	if ferr != nil {
+		return nil, ferr
+	}
+	if len(froms) != 1 {
+		return nil, fieldErr("From", "must be exactly one address, got %d", len(froms))
+	}
+	e.From = froms[0]
+
+	for _, f := range []struct {
+		name string
+		dst  *[]queue.Address
+	}{{"To", &e.To}, {"CC", &e.Cc}, {"Bcc", &e.Bcc}} {
+		list, err := recipientField(fields, f.name)
+		if err != nil {
+			return nil, err
+		}
+		*f.dst = list
+	}
+	n := len(e.Recipients())
+	if n == 0 {
+		return nil, &FieldError{Field: "To", Code: "missing_field", Message: "at least one recipient is required in To, CC or Bcc"}
+	}
+	if n > lim.MaxRecipients {
+		return nil, fieldErr("To", "%d recipients across To, CC and Bcc; the limit is %d", n, lim.MaxRecipients)
+	}
+
+	if e.Subject, err = optString(fields, "Subject"); err != nil {
+		return nil, err
+	}
+	if hasControl(e.Subject) {
+		return nil, fieldErr("Subject", "must not contain control characters (CR, LF, NUL, tab)")
+	}
+	if e.Body, err = optString(fields, "Body"); err != nil {
+		return nil, err
+	}
+	if strings.ContainsRune(e.Body, 0) {
+		return nil, fieldErr("Body", "must not contain NUL characters")
+	}
+	if raw, ok := fields["IsHtml"]; ok && !isNull(raw) {
+		b, err := flexBool(raw)
+		if err != nil {
+			return nil, fieldErr("IsHtml", "must be true or false")
+		}
+		e.IsHTML = b
+	}
+	imp, err := optString(fields, "Importance")
+	if err != nil {
+		return nil, err
+	}
+	switch strings.ToLower(strings.TrimSpace(imp)) {
+	case "", "normal":
+	case "high":
+		e.Importance = queue.ImportanceHigh
+	case "low":
+		e.Importance = queue.ImportanceLow
+	default:
+		return nil, fieldErr("Importance", "must be High, Normal or Low, got %q", imp)
+	}
+
+	rr, err := optString(fields, "ReadReceipt")
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(rr) != "" {
+		a, err := ParseAddress(strings.TrimSpace(rr))
+		if err != nil {
+			return nil, fieldErr("ReadReceipt", "%v", err)
+		}
+		e.ReadReceipt = a.Address
+	}
+	if raw, ok := fields["DeliveryReceipt"]; ok && !isNull(raw) {
+		if b, err := flexBool(raw); err == nil {
+			e.DeliveryReceipt = b
+		} else {
+			var s string
+			if json.Unmarshal(raw, &s) != nil {
+				return nil, fieldErr("DeliveryReceipt", "must be an email address or true/false")
+			}
+			if strings.TrimSpace(s) != "" {
+				a, err := ParseAddress(strings.TrimSpace(s))
+				if err != nil {
+					return nil, fieldErr("DeliveryReceipt", "%v", err)
+				}
+				e.DeliveryReceipt = true
+				if !strings.EqualFold(a.Address, e.From.Address) {
+					e.ReturnPath = a.Address
+				}
+			}
+		}
+	}
+	if sa, err := optString(fields, "SendAt"); err != nil {
+		return nil, err
+	} else if sa != "" {
+		t, err := time.Parse(time.RFC3339, sa)
+		if err != nil {
+			return nil, fieldErr("SendAt", "must be an RFC 3339 time such as 2026-01-02T15:04:05Z")
+		}
+		e.SendAt = t
+	}
+
+	if raw, ok := fields["Attachments"]; ok && !isNull(raw) {
+		var items []json.RawMessage
+		if err := json.Unmarshal(raw, &items); err != nil {
+			return nil, fieldErr("Attachments", "must be an array of objects")
+		}
+		for i, item := range items {
+			a, err := decodeAttachment(item, fmt.Sprintf("Attachments[%d]", i))
+			if err != nil {
+				return nil, err
+			}
+			e.Attachments = append(e.Attachments, a)
+		}
+	}
+	return e, nil
+}
+
+// decodeObject decodes a JSON object and maps its keys, case-insensitively,
+// to the known field names. An unknown field is an error: silently dropping
+// a field the caller thought meaningful would change their message.
+func decodeObject(raw []byte, known map[string]string, prefix string) (map[string]json.RawMessage, error) {
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		if prefix == "" {
+			return nil, &FieldError{Code: "invalid_json", Message: "body must be a JSON object"}
+		}
+		return nil, fieldErr(prefix, "must be a JSON object")
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &m); err != nil {
+		if prefix == "" {
+			return nil, &FieldError{Code: "invalid_json", Message: "body is not valid JSON: " + err.Error()}
+		}
+		return nil, fieldErr(prefix, "is not a valid JSON object")
+	}
+	out := make(map[string]json.RawMessage, len(m))
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		name, ok := known[strings.ToLower(k)]
+		field := k
+		if prefix != "" {
+			field = prefix + "." + k
+		}
+		if !ok {
+			return nil, &FieldError{Field: field, Code: "unknown_field", Message: fmt.Sprintf("unknown field %q", k)}
+		}
+		if _, dup := out[name]; dup {
+			return nil, &FieldError{Field: field, Code: "duplicate_field", Message: fmt.Sprintf("field %s is given twice (names match case-insensitively)", name)}
+		}
+		out[name] = m[k]
+	}
+	return out, nil
+}
+
+func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
+
+func optString(fields map[string]json.RawMessage, name string) (string, error) {
+	return optStringAt(fields, name, name)
+}
+
+func optStringAt(fields map[string]json.RawMessage, name, label string) (string, error) {
+	raw, ok := fields[name]
+	if !ok || isNull(raw) {
+		return "", nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", fieldErr(label, "must be a string")
+	}
+	return s, nil
+}
+
+func flexBool(raw json.RawMessage) (bool, error) {
+	var b bool
+	if err := json.Unmarshal(raw, &b); err == nil {
+		return b, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		switch strings.ToLower(strings.TrimSpace(s)) {
+		case "true":
+			return true, nil
+		case "false":
+			return false, nil
+		}
+	}
+	return false, fmt.Errorf("not a boolean")
+}
+
+// recipientField reads To, CC or Bcc: a string of addresses separated by
+// ';' or ',', or a JSON array of such strings.
+func recipientField(fields map[string]json.RawMessage, name string) ([]queue.Address, error) {
+	raw, ok := fields[name]
+	if !ok || isNull(raw) {
+		return nil, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return addressList(name, s)
+	}
+	var arr []string
+	if err := json.Unmarshal(raw, &arr); err != nil {
+		return nil, fieldErr(name, "must be a string of addresses separated by ';' or an array of strings")
+	}
+	var out []queue.Address
+	for _, item := range arr {
+		list, err := addressList(name, item)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, list...)
+	}
+	return out, nil
+}
+
+func addressList(field, s string) ([]queue.Address, error) {
+	if hasControl(s) {
+		return nil, fieldErr(field, "must not contain control characters (CR, LF, NUL)")
+	}
+	var out []queue.Address
+	for _, part := range SplitAddressList(s) {
+		a, err := ParseAddress(part)
+		if err != nil {
+			return nil, fieldErr(field, "%v", err)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func decodeAttachment(raw []byte, label string) (queue.Attachment, error) {
+	var a queue.Attachment
+	f, err := decodeObject(raw, attachmentFields, label)
+	if err != nil {
+		return a, err
+	}
+	get := func(name string) (string, error) { return optStringAt(f, name, label+"."+name) }
+	data, err := get("ContentData")
+	if err != nil {
+		return a, err
+	}
+	if _, ok := f["ContentData"]; !ok {
+		return a, &FieldError{Field: label + ".ContentData", Code: "missing_field", Message: "ContentData is required"}
+	}
+	enc, err := get("ContentTransferEncoding")
+	if err != nil {
+		return a, err
+	}
+	switch strings.ToLower(strings.TrimSpace(enc)) {
+	case "", "base64":
+		clean := strings.Map(func(r rune) rune {
+			if r == '\r' || r == '\n' || r == ' ' || r == '\t' {
+				return -1
+			}
+			return r
+		}, data)
+		b, err := base64.StdEncoding.DecodeString(clean)
+		if err != nil {
+			return a, fieldErr(label+".ContentData", "is not valid base64 (ContentTransferEncoding is base64)")
+		}
+		a.Data = b
+	case "none":
+		a.Data = []byte(data)
+	default:
+		return a, fieldErr(label+".ContentTransferEncoding", "must be base64 or none, got %q", enc)
+	}
+	if a.FileName, err = get("FileName"); err != nil {
+		return a, err
+	}
+	if strings.TrimSpace(a.FileName) == "" {
+		return a, &FieldError{Field: label + ".FileName", Code: "missing_field", Message: "FileName is required"}
+	}
+	if hasControl(a.FileName) || strings.ContainsAny(a.FileName, `/\`) || a.FileName == "." || a.FileName == ".." ||
+		path.Base(a.FileName) != a.FileName || len(a.FileName) > 255 {
+		return a, fieldErr(label+".FileName", "must be a plain file name without path separators or control characters")
+	}
+	if a.ContentType, err = get("ContentType"); err != nil {
+		return a, err
+	}
+	if a.ContentType != "" {
+		if hasControl(a.ContentType) {
+			return a, fieldErr(label+".ContentType", "must not contain control characters")
+		}
+		mt, params, err := mime.ParseMediaType(a.ContentType)
+		if err != nil || !strings.Contains(mt, "/") {
+			return a, fieldErr(label+".ContentType", "%q is not a media type such as application/pdf", a.ContentType)
+		}
+		a.ContentType = mime.FormatMediaType(mt, params)
+	}
+	if a.ContentID, err = get("ContentId"); err != nil {
+		return a, err
+	}
+	a.ContentID = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(a.ContentID), "<"), ">")
+	if a.ContentID != "" {
+		if hasControl(a.ContentID) || strings.ContainsAny(a.ContentID, "<>\" ()[]\\,;:") || len(a.ContentID) > 250 {
+			return a, fieldErr(label+".ContentId", "must be an id such as logo@example or logo.png, without spaces, quotes or angle brackets")
+		}
+	}
+	return a, nil
+}

@@ -1,0 +1,471 @@
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sendq/sendq/metrics"
+	"github.com/sendq/sendq/queue"
+)
+
+// Enqueuer stores a task in the queue. *asynq.Client implements it.
+type Enqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// Config configures the intake. Zero values take the documented defaults.
+type Config struct {
+	// Keys are the accepted API keys. If empty, requests need no key.
+	Keys []APIKey
+	// AllowedFrom lists addresses (a@x.com) and domains (@x.com) that may
+	// be used as From, for every key. If empty, any.
+	AllowedFrom []string
+	// Limits bounds recipients and sets the default sender.
+	Limits Limits
+	// MaxBodyBytes is the largest request body. If zero, 25 MiB.
+	MaxBodyBytes int64
+	// MaxAttempts is how many delivery attempts an email gets. If zero, 20.
+	MaxAttempts int
+	// Retention is how long a sent email stays visible. If zero, 24h.
+	Retention time.Duration
+	// AttemptTimeout bounds one delivery attempt, waiting for a pooled
+	// connection included. If zero, 5m.
+	AttemptTimeout time.Duration
+	// RedisTimeout bounds every Redis call of a request, so a dead Redis
+	// is a quick 503. If zero, 3s.
+	RedisTimeout time.Duration
+	// Logger; if nil, slog.Default().
+	Logger *slog.Logger
+	// Metrics; required.
+	Metrics *metrics.Metrics
+}
+
+// API is the HTTP intake and status service.
+type API struct {
+	cfg   Config
+	enq   Enqueuer
+	insp  *asynq.Inspector
+	look  *queue.Lookup
+	store *queue.Store
+	idem  *idempotency
+	log   *slog.Logger
+	m     *metrics.Metrics
+	now   func() time.Time
+}
+
+// New returns the API on rdb. enq stores tasks; insp and store answer
+// status queries.
+func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *queue.Store, cfg Config) (*API, error) {
+	if cfg.Metrics == nil {
+		return nil, errors.New("producer config: Metrics is required")
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 25 << 20
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 20
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = 24 * time.Hour
+	}
+	if cfg.AttemptTimeout <= 0 {
+		cfg.AttemptTimeout = 5 * time.Minute
+	}
+	if cfg.RedisTimeout <= 0 {
+		cfg.RedisTimeout = 3 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &API{
+		cfg: cfg, enq: enq, insp: insp, store: store,
+		look: &queue.Lookup{Inspector: insp, Store: store},
+		idem: &idempotency{rdb: rdb}, log: cfg.Logger, m: cfg.Metrics, now: time.Now,
+	}, nil
+}
+
+// Register adds the /v1 routes to mux.
+func (a *API) Register(mux *http.ServeMux) {
+	mux.Handle("POST /v1/emails", a.authorized(a.send))
+	mux.Handle("GET /v1/emails", a.authorized(a.list))
+	mux.Handle("GET /v1/emails/{id}", a.authorized(a.status))
+	mux.Handle("POST /v1/emails/{id}/retry", a.authorized(a.retry))
+	mux.Handle("DELETE /v1/emails/{id}", a.authorized(a.cancel))
+}
+
+type keyCtx struct{}
+
+func (a *API) authorized(h func(http.ResponseWriter, *http.Request, *APIKey)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(a.cfg.Keys) == 0 {
+			h(w, r, &APIKey{ID: "anonymous"})
+			return
+		}
+		k, ok := authenticate(a.cfg.Keys, r)
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sendq"`)
+			WriteError(w, http.StatusUnauthorized, "unauthorized", "Authorization", "missing or unknown API key (send Authorization: Bearer KEY)")
+			return
+		}
+		h(w, r, k)
+	})
+}
+
+// Accepted is the body of a 202.
+type Accepted struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+}
+
+func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		WriteError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type", "Content-Type must be application/json")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			WriteError(w, http.StatusRequestEntityTooLarge, "body_too_large", "", fmt.Sprintf("body is larger than %d bytes", a.cfg.MaxBodyBytes))
+			return
+		}
+		WriteError(w, http.StatusBadRequest, "invalid_body", "", "could not read the body")
+		return
+	}
+	e, err := DecodeRequest(body, a.cfg.Limits)
+	if err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			WriteError(w, http.StatusBadRequest, fe.Code, fe.Field, fe.Message)
+			return
+		}
+		WriteError(w, http.StatusBadRequest, "invalid_body", "", err.Error())
+		return
+	}
+	for _, f := range []struct{ field, addr string }{{"From", e.From.Address}, {"DeliveryReceipt", e.ReturnPath}} {
+		if f.addr == "" {
+			continue
+		}
+		if !allowed(a.cfg.AllowedFrom, f.addr) || !allowed(key.AllowedFrom, f.addr) {
+			WriteError(w, http.StatusForbidden, "sender_not_allowed", f.field, fmt.Sprintf("%s may not send as %s", "this API key", f.addr))
+			return
+		}
+	}
+
+	e.ID = uuid.Must(uuid.NewV7()).String()
+	e.CreatedAt = a.now().UTC()
+	status := queue.StatusQueued
+	if !e.SendAt.IsZero() && e.SendAt.After(e.CreatedAt) {
+		status = queue.StatusScheduled
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
+	defer cancel()
+	idemKey := r.Header.Get("Idempotency-Key")
+	var claimed *idemRecord
+	if idemKey != "" {
+		if len(idemKey) > 255 || hasControl(idemKey) {
+			WriteError(w, http.StatusBadRequest, "invalid_header", "Idempotency-Key", "must be at most 255 printable characters")
+			return
+		}
+		rec, fresh, err := a.idem.claim(ctx, key.ID, idemKey, body, e.ID, status)
+		switch {
+		case errors.Is(err, errIdemMismatch):
+			WriteError(w, http.StatusConflict, "idempotency_key_reused", "Idempotency-Key", "this key was used with a different body in the last 24 hours")
+			return
+		case errors.Is(err, errIdemInProgress):
+			w.Header().Set("Retry-After", "1")
+			WriteError(w, http.StatusConflict, "idempotency_key_in_progress", "Idempotency-Key", "a request with this key is still being processed; retry shortly")
+			return
+		case err != nil:
+			a.unavailable(w, err)
+			return
+		case !fresh:
+			a.m.IdemReplays.Inc()
+			a.accepted(w, rec.ID, rec.Status)
+			return
+		}
+		claimed = rec
+	}
+
+	task, err := queue.NewTask(e)
+	if err != nil {
+		if idemKey != "" {
+			a.idem.release(context.WithoutCancel(ctx), key.ID, idemKey)
+		}
+		WriteError(w, http.StatusBadRequest, "invalid_body", "", err.Error())
+		return
+	}
+	opts := []asynq.Option{
+		asynq.MaxRetry(a.cfg.MaxAttempts - 1),
+		asynq.Retention(a.cfg.Retention),
+		asynq.Timeout(a.cfg.AttemptTimeout),
+	}
+	if status == queue.StatusScheduled {
+		opts = append(opts, asynq.ProcessAt(e.SendAt))
+	}
+	if _, err := a.enq.EnqueueContext(ctx, task, opts...); err != nil {
+		if idemKey != "" {
+			a.idem.release(context.WithoutCancel(ctx), key.ID, idemKey)
+		}
+		a.unavailable(w, err)
+		return
+	}
+	// From here on the email is in Redis: it is accepted whatever follows.
+	a.m.EmailsAccepted.Inc()
+	if idemKey != "" {
+		if err := a.idem.complete(ctx, key.ID, idemKey, claimed); err != nil {
+			a.log.Warn("idempotency record not completed; a repeat of this request will get 409 until it expires", "email_id", e.ID, "err", err)
+		}
+	}
+	a.accepted(w, e.ID, status)
+}
+
+func (a *API) accepted(w http.ResponseWriter, id, status string) {
+	w.Header().Set("Location", "/v1/emails/"+id)
+	WriteJSON(w, http.StatusAccepted, Accepted{ID: id, Status: status})
+}
+
+func (a *API) unavailable(w http.ResponseWriter, err error) {
+	a.log.Error("redis unavailable", "err", err)
+	w.Header().Set("Retry-After", "5")
+	WriteError(w, http.StatusServiceUnavailable, "queue_unavailable", "", "the queue is unavailable; nothing was accepted, retry later")
+}
+
+func validID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if !(c == '-' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *API) status(w http.ResponseWriter, r *http.Request, _ *APIKey) {
+	id := r.PathValue("id")
+	if !validID(id) {
+		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
+	defer cancel()
+	st, err := a.look.Status(ctx, id)
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
+	case err != nil:
+		a.unavailable(w, err)
+	default:
+		WriteJSON(w, http.StatusOK, st)
+	}
+}
+
+// List is the body of GET /v1/emails.
+type List struct {
+	Emails   []*queue.EmailStatus `json:"emails"`
+	Status   string               `json:"status"`
+	Page     int                  `json:"page"`
+	PageSize int                  `json:"page_size"`
+	Total    int                  `json:"total"`
+}
+
+func (a *API) list(w http.ResponseWriter, r *http.Request, _ *APIKey) {
+	q := r.URL.Query()
+	status := q.Get("status")
+	if status == "" {
+		status = queue.StatusFailed
+	}
+	type lister func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error)
+	var fn lister
+	var count func(*asynq.QueueInfo) int
+	switch status {
+	case queue.StatusFailed:
+		fn, count = a.insp.ListArchivedTasks, func(qi *asynq.QueueInfo) int { return qi.Archived }
+	case queue.StatusQueued:
+		fn, count = a.insp.ListPendingTasks, func(qi *asynq.QueueInfo) int { return qi.Pending }
+	case queue.StatusScheduled:
+		fn, count = a.insp.ListScheduledTasks, func(qi *asynq.QueueInfo) int { return qi.Scheduled }
+	case queue.StatusRetrying:
+		fn, count = a.insp.ListRetryTasks, func(qi *asynq.QueueInfo) int { return qi.Retry }
+	case queue.StatusSending:
+		fn, count = a.insp.ListActiveTasks, func(qi *asynq.QueueInfo) int { return qi.Active }
+	case queue.StatusSent:
+		fn, count = a.insp.ListCompletedTasks, func(qi *asynq.QueueInfo) int { return qi.Completed }
+	default:
+		WriteError(w, http.StatusBadRequest, "invalid_parameter", "status", "status must be one of queued, scheduled, sending, retrying, sent, failed")
+		return
+	}
+	page, err := intParam(q.Get("page"), 1, 1, 1<<20)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_parameter", "page", err.Error())
+		return
+	}
+	size, err := intParam(q.Get("page_size"), 50, 1, 100)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_parameter", "page_size", err.Error())
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
+	defer cancel()
+	out := List{Emails: []*queue.EmailStatus{}, Status: status, Page: page, PageSize: size}
+	qi, err := a.insp.GetQueueInfo(queue.Name)
+	if errors.Is(err, asynq.ErrQueueNotFound) {
+		WriteJSON(w, http.StatusOK, out)
+		return
+	}
+	if err != nil {
+		a.unavailable(w, err)
+		return
+	}
+	out.Total = count(qi)
+	infos, err := fn(queue.Name, asynq.Page(page), asynq.PageSize(size))
+	if err != nil {
+		a.unavailable(w, err)
+		return
+	}
+	for _, info := range infos {
+		rec, err := a.store.Get(ctx, info.ID)
+		if err != nil && !errors.Is(err, queue.ErrNoRecord) {
+			a.unavailable(w, err)
+			return
+		}
+		if err != nil {
+			rec = nil
+		}
+		st, err := queue.Compose(info.ID, info, rec)
+		if err != nil {
+			continue // a task sendq did not write
+		}
+		out.Emails = append(out.Emails, st)
+	}
+	WriteJSON(w, http.StatusOK, out)
+}
+
+func intParam(s string, def, lo, hi int) (int, error) {
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("must be a whole number from %d to %d", lo, hi)
+	}
+	return n, nil
+}
+
+func (a *API) retry(w http.ResponseWriter, r *http.Request, _ *APIKey) {
+	id := r.PathValue("id")
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
+	defer cancel()
+	info, ok := a.taskInfo(w, id)
+	if !ok {
+		return
+	}
+	if info.State != asynq.TaskStateArchived {
+		WriteError(w, http.StatusConflict, "not_failed", "id", fmt.Sprintf("only a failed or canceled email can be retried; this one is %s", stateName(info.State)))
+		return
+	}
+	if err := a.store.ResetFailed(ctx, id); err != nil {
+		a.unavailable(w, err)
+		return
+	}
+	if err := a.insp.RunTask(queue.Name, id); err != nil {
+		WriteError(w, http.StatusConflict, "not_failed", "id", "the email changed state; fetch its status and try again")
+		return
+	}
+	a.writeStatus(ctx, w, id)
+}
+
+func (a *API) cancel(w http.ResponseWriter, r *http.Request, _ *APIKey) {
+	id := r.PathValue("id")
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
+	defer cancel()
+	info, ok := a.taskInfo(w, id)
+	if !ok {
+		return
+	}
+	switch info.State {
+	case asynq.TaskStatePending, asynq.TaskStateScheduled, asynq.TaskStateRetry:
+	default:
+		WriteError(w, http.StatusConflict, "not_cancelable", "id", fmt.Sprintf("only a queued, scheduled or retrying email can be canceled; this one is %s", stateName(info.State)))
+		return
+	}
+	// ArchiveTask is atomic in Redis: if a worker took the task since
+	// GetTaskInfo, it fails and the email is delivered, not canceled.
+	if err := a.insp.ArchiveTask(queue.Name, id); err != nil {
+		WriteError(w, http.StatusConflict, "not_cancelable", "id", "the email is being sent now and can no longer be canceled")
+		return
+	}
+	if err := a.store.Save(ctx, id, queue.Update{State: queue.StatusCanceled, Reason: queue.ReasonCanceled, CreatedAt: createdAt(info)}); err != nil {
+		a.unavailable(w, err)
+		return
+	}
+	a.m.EmailsFailed.WithLabelValues(queue.ReasonCanceled).Inc()
+	a.writeStatus(ctx, w, id)
+}
+
+func createdAt(info *asynq.TaskInfo) time.Time {
+	if e, err := queue.DecodeEmail(info.Payload); err == nil {
+		return e.CreatedAt
+	}
+	return time.Time{}
+}
+
+func (a *API) taskInfo(w http.ResponseWriter, id string) (*asynq.TaskInfo, bool) {
+	if !validID(id) {
+		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
+		return nil, false
+	}
+	info, err := a.insp.GetTaskInfo(queue.Name, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
+		return nil, false
+	}
+	if err != nil {
+		a.unavailable(w, err)
+		return nil, false
+	}
+	return info, true
+}
+
+func (a *API) writeStatus(ctx context.Context, w http.ResponseWriter, id string) {
+	st, err := a.look.Status(ctx, id)
+	if err != nil {
+		a.unavailable(w, err)
+		return
+	}
+	WriteJSON(w, http.StatusOK, st)
+}
+
+func stateName(s asynq.TaskState) string {
+	switch s {
+	case asynq.TaskStatePending:
+		return queue.StatusQueued
+	case asynq.TaskStateActive:
+		return queue.StatusSending
+	case asynq.TaskStateScheduled:
+		return queue.StatusScheduled
+	case asynq.TaskStateRetry:
+		return queue.StatusRetrying
+	case asynq.TaskStateCompleted:
+		return queue.StatusSent
+	case asynq.TaskStateArchived:
+		return queue.StatusFailed
+	default:
+		return strings.ToLower(s.String())
+	}
+}

@@ -1,0 +1,165 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// Email states, as the status API shows them.
+const (
+	StatusQueued    = "queued"
+	StatusScheduled = "scheduled"
+	StatusSending   = "sending"
+	StatusRetrying  = "retrying"
+	StatusSent      = "sent"
+	StatusFailed    = "failed"
+	StatusCanceled  = "canceled"
+)
+
+// RecipientStatus is one recipient in the status body.
+type RecipientStatus struct {
+	Address      string    `json:"address"`
+	Kind         string    `json:"kind"` // to, cc or bcc
+	Status       string    `json:"status"`
+	Code         int       `json:"code,omitempty"`
+	EnhancedCode string    `json:"enhanced_code,omitempty"`
+	Message      string    `json:"message,omitempty"`
+	UpdatedAt    time.Time `json:"updated_at,omitzero"`
+}
+
+// EmailStatus is the body of GET /v1/emails/{id}.
+type EmailStatus struct {
+	ID            string            `json:"id"`
+	Status        string            `json:"status"`
+	Attempts      int               `json:"attempts"`
+	MaxAttempts   int               `json:"max_attempts"`
+	LastError     string            `json:"last_error"`
+	FailureReason string            `json:"failure_reason,omitempty"`
+	CreatedAt     time.Time         `json:"created_at"`
+	SentAt        *time.Time        `json:"sent_at"`
+	NextAttemptAt *time.Time        `json:"next_attempt_at,omitempty"`
+	Subject       string            `json:"subject"`
+	Recipients    []RecipientStatus `json:"recipients"`
+}
+
+// ErrNotFound is returned when neither asynq nor sendq knows an email.
+var ErrNotFound = errors.New("email not found")
+
+// Lookup answers status queries from asynq's task state and sendq's record.
+type Lookup struct {
+	Inspector *asynq.Inspector
+	Store     *Store
+}
+
+// Status returns the status of email id, or ErrNotFound.
+func (l *Lookup) Status(ctx context.Context, id string) (*EmailStatus, error) {
+	info, err := l.Inspector.GetTaskInfo(Name, id)
+	if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+		return nil, fmt.Errorf("get task: %w", err)
+	}
+	if err != nil {
+		info = nil
+	}
+	rec, rerr := l.Store.Get(ctx, id)
+	if rerr != nil && !errors.Is(rerr, ErrNoRecord) {
+		return nil, rerr
+	}
+	if info == nil && rec == nil {
+		return nil, ErrNotFound
+	}
+	return Compose(id, info, rec)
+}
+
+// Compose builds the status body from asynq's task info (nil once asynq has
+// forgotten the task) and sendq's record (nil before the first attempt).
+func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error) {
+	if rec == nil {
+		rec = &Record{Recipients: map[string]RecipientResult{}}
+	}
+	st := &EmailStatus{ID: id, CreatedAt: rec.CreatedAt, Attempts: rec.Attempts, LastError: rec.LastError, FailureReason: rec.Reason}
+	if !rec.SentAt.IsZero() {
+		t := rec.SentAt
+		st.SentAt = &t
+	}
+	if info == nil {
+		// asynq no longer holds the task (retention over, or canceled):
+		// the record is all there is.
+		st.Status = rec.State
+		if st.Status == StatusSending || st.Status == StatusRetrying || st.Status == "" {
+			st.Status = StatusFailed
+		}
+		st.Recipients = recordRecipients(rec)
+		return st, nil
+	}
+	e, err := DecodeEmail(info.Payload)
+	if err != nil {
+		return nil, err
+	}
+	st.CreatedAt, st.Subject = e.CreatedAt, e.Subject
+	st.MaxAttempts = info.MaxRetry + 1
+	if st.LastError == "" {
+		st.LastError = info.LastErr
+	}
+	switch info.State {
+	case asynq.TaskStatePending:
+		st.Status = StatusQueued
+	case asynq.TaskStateScheduled:
+		st.Status = StatusScheduled
+		st.NextAttemptAt = timePtr(info.NextProcessAt)
+	case asynq.TaskStateActive:
+		st.Status = StatusSending
+	case asynq.TaskStateRetry:
+		st.Status = StatusRetrying
+		st.NextAttemptAt = timePtr(info.NextProcessAt)
+	case asynq.TaskStateCompleted:
+		st.Status = StatusSent
+	case asynq.TaskStateArchived:
+		st.Status = StatusFailed
+		if rec.State == StatusCanceled {
+			st.Status = StatusCanceled
+		}
+	default:
+		st.Status = StatusQueued
+	}
+	if st.Status == StatusFailed && st.FailureReason == "" {
+		st.FailureReason = ReasonTransient
+	}
+	for _, kind := range []struct {
+		name string
+		list []Address
+	}{{"to", e.To}, {"cc", e.Cc}, {"bcc", e.Bcc}} {
+		for _, a := range kind.list {
+			rs := RecipientStatus{Address: a.Address, Kind: kind.name, Status: RecipientPending}
+			if r, ok := rec.Recipients[a.Address]; ok {
+				rs.Status, rs.UpdatedAt = r.Status, r.UpdatedAt
+				rs.Code, rs.EnhancedCode, rs.Message = r.Reply.Code, r.Reply.EnhancedCode, r.Reply.Message
+			}
+			st.Recipients = append(st.Recipients, rs)
+		}
+	}
+	return st, nil
+}
+
+func recordRecipients(rec *Record) []RecipientStatus {
+	out := make([]RecipientStatus, 0, len(rec.Recipients))
+	for addr, r := range rec.Recipients {
+		out = append(out, RecipientStatus{
+			Address: addr, Status: r.Status, UpdatedAt: r.UpdatedAt,
+			Code: r.Reply.Code, EnhancedCode: r.Reply.EnhancedCode, Message: r.Reply.Message,
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })
+	return out
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}

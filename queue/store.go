@@ -1,0 +1,229 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Recipient states.
+const (
+	RecipientPending  = "pending"  // not tried yet
+	RecipientSent     = "sent"     // the server accepted the message for it (250 after DATA)
+	RecipientDeferred = "deferred" // a transient failure; it will be tried again
+	RecipientFailed   = "failed"   // a permanent failure, or retries ran out
+)
+
+// Failure reasons: the bounded set used in the status body and in metrics.
+const (
+	ReasonPermanent = "permanent" // the server answered 5xx
+	ReasonTransient = "transient" // still failing transiently when attempts ran out
+	ReasonExpired   = "expired"   // older than the maximum age
+	ReasonCanceled  = "canceled"  // canceled through the API
+	ReasonInvalid   = "invalid"   // the task could not be decoded or built
+)
+
+// Reasons lists every failure reason, for initialising metric labels.
+var Reasons = []string{ReasonPermanent, ReasonTransient, ReasonExpired, ReasonCanceled, ReasonInvalid}
+
+// Reply is what an SMTP server last said about a recipient.
+type Reply struct {
+	Code         int    `json:"code,omitempty"`
+	EnhancedCode string `json:"enhanced_code,omitempty"`
+	Message      string `json:"message,omitempty"`
+}
+
+// RecipientResult is the recorded outcome for one recipient.
+type RecipientResult struct {
+	Status    string    `json:"status"`
+	Reply     Reply     `json:"reply"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Record is what sendq keeps of an email beside asynq's task: attempts and
+// per-recipient results. It is written by the worker only.
+type Record struct {
+	Attempts   int
+	CreatedAt  time.Time
+	State      string // last state the worker or the API wrote
+	Reason     string
+	LastError  string
+	SentAt     time.Time
+	Recipients map[string]RecipientResult
+}
+
+// Store keeps delivery records in Redis, one hash per email. Every key of an
+// email carries the email id as a hash tag, so in Redis Cluster they share a
+// slot.
+type Store struct {
+	rdb redis.UniversalClient
+	ttl time.Duration
+}
+
+// DefaultRecordTTL is how long a record is kept after its last write when
+// NewStore is given zero: longer than the maximum age of an email plus the
+// retention of a finished one.
+const DefaultRecordTTL = 7 * 24 * time.Hour
+
+// NewStore returns a Store on rdb whose records expire ttl after their last
+// write (DefaultRecordTTL if ttl is zero).
+func NewStore(rdb redis.UniversalClient, ttl time.Duration) *Store {
+	if ttl <= 0 {
+		ttl = DefaultRecordTTL
+	}
+	return &Store{rdb: rdb, ttl: ttl}
+}
+
+func recordKey(id string) string { return "sendq:email:{" + id + "}" }
+
+const rcptPrefix = "r:"
+
+// BeginAttempt counts a new attempt, marks the email as sending and returns
+// the record as it stands, with the results of earlier attempts.
+func (s *Store) BeginAttempt(ctx context.Context, e *Email) (*Record, error) {
+	key := recordKey(e.ID)
+	pipe := s.rdb.TxPipeline()
+	pipe.HIncrBy(ctx, key, "attempts", 1)
+	pipe.HSet(ctx, key, "state", StatusSending, "created_at", e.CreatedAt.UTC().Format(time.RFC3339Nano))
+	all := pipe.HGetAll(ctx, key)
+	pipe.Expire(ctx, key, s.ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("begin attempt: %w", err)
+	}
+	return parseRecord(all.Val())
+}
+
+// Update is what one attempt learned.
+type Update struct {
+	State      string // sending, retrying, sent, failed or canceled
+	Reason     string // with failed: one of the Reason constants
+	LastError  string
+	SentAt     time.Time
+	CreatedAt  time.Time // written only when set
+	Recipients map[string]RecipientResult
+}
+
+// Save writes u into the record of email id in one round trip. The worker
+// calls it before it acknowledges the task, so a recipient recorded as sent
+// is never sent to again, even if the task is delivered twice.
+func (s *Store) Save(ctx context.Context, id string, u Update) error {
+	key := recordKey(id)
+	fields := make([]any, 0, 2*len(u.Recipients)+8)
+	if u.State != "" {
+		fields = append(fields, "state", u.State)
+	}
+	if u.Reason != "" {
+		fields = append(fields, "reason", u.Reason)
+	}
+	if u.LastError != "" {
+		fields = append(fields, "last_error", u.LastError)
+	}
+	if !u.CreatedAt.IsZero() {
+		fields = append(fields, "created_at", u.CreatedAt.UTC().Format(time.RFC3339Nano))
+	}
+	if !u.SentAt.IsZero() {
+		fields = append(fields, "sent_at", u.SentAt.UTC().Format(time.RFC3339Nano))
+	}
+	for addr, r := range u.Recipients {
+		b, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("save record: %w", err)
+		}
+		fields = append(fields, rcptPrefix+addr, b)
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	pipe := s.rdb.TxPipeline()
+	pipe.HSet(ctx, key, fields...)
+	pipe.Expire(ctx, key, s.ttl)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("save record: %w", err)
+	}
+	return nil
+}
+
+// ErrNoRecord is returned by Get when sendq keeps no record of the email.
+var ErrNoRecord = errors.New("no record")
+
+// Get returns the record of email id, or ErrNoRecord.
+func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
+	m, err := s.rdb.HGetAll(ctx, recordKey(id)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("get record: %w", err)
+	}
+	if len(m) == 0 {
+		return nil, ErrNoRecord
+	}
+	return parseRecord(m)
+}
+
+func parseRecord(m map[string]string) (*Record, error) {
+	r := &Record{Recipients: make(map[string]RecipientResult)}
+	for k, v := range m {
+		switch {
+		case k == "attempts":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, fmt.Errorf("record attempts %q: %w", v, err)
+			}
+			r.Attempts = n
+		case k == "state":
+			r.State = v
+		case k == "reason":
+			r.Reason = v
+		case k == "last_error":
+			r.LastError = v
+		case k == "created_at":
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return nil, fmt.Errorf("record created_at %q: %w", v, err)
+			}
+			r.CreatedAt = t
+		case k == "sent_at":
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return nil, fmt.Errorf("record sent_at %q: %w", v, err)
+			}
+			r.SentAt = t
+		case strings.HasPrefix(k, rcptPrefix):
+			var rr RecipientResult
+			if err := json.Unmarshal([]byte(v), &rr); err != nil {
+				return nil, fmt.Errorf("record recipient: %w", err)
+			}
+			r.Recipients[strings.TrimPrefix(k, rcptPrefix)] = rr
+		}
+	}
+	return r, nil
+}
+
+// ResetFailed forgets the failed recipients of email id, so that a manual
+// retry tries them again. Sent recipients stay sent.
+func (s *Store) ResetFailed(ctx context.Context, id string) error {
+	rec, err := s.Get(ctx, id)
+	if errors.Is(err, ErrNoRecord) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	fields := []string{"reason"}
+	for addr, r := range rec.Recipients {
+		if r.Status == RecipientFailed || r.Status == RecipientDeferred {
+			fields = append(fields, rcptPrefix+addr)
+		}
+	}
+	pipe := s.rdb.TxPipeline()
+	pipe.HDel(ctx, recordKey(id), fields...)
+	pipe.HSet(ctx, recordKey(id), "state", StatusQueued)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("reset record: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,135 @@
+package queue
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/mail"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// TypeSendEmail is the asynq task type of one email to deliver.
+const TypeSendEmail = "email:send"
+
+// Name is the asynq queue that holds emails.
+const Name = "emails"
+
+// PayloadVersion is the version of the Email payload this build writes.
+// DecodeEmail accepts this version only; a newer worker must keep reading
+// every version an older API may still have queued.
+const PayloadVersion = 1
+
+// Importance values of an email, as the SMTP connector names them.
+const (
+	ImportanceNormal = "normal"
+	ImportanceHigh   = "high"
+	ImportanceLow    = "low"
+)
+
+// Address is a parsed mailbox: an optional display name and an address.
+type Address struct {
+	Name    string `json:"name,omitempty"`
+	Address string `json:"address"`
+}
+
+// String formats the address as a header value would show it.
+func (a Address) String() string {
+	return (&mail.Address{Name: a.Name, Address: a.Address}).String()
+}
+
+// Attachment is one decoded attachment or inline part.
+type Attachment struct {
+	FileName    string `json:"file_name"`
+	ContentType string `json:"content_type,omitempty"`
+	// ContentID, when set, makes the part inline (Content-ID: <id>) so that
+	// an HTML body can refer to it as cid:id.
+	ContentID string `json:"content_id,omitempty"`
+	Data      []byte `json:"data"`
+}
+
+// Email is the task payload: a validated email, ready to be built into a
+// MIME message. Every field was checked by the intake; the worker trusts it.
+type Email struct {
+	V         int       `json:"v"`
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"created_at"`
+
+	From Address   `json:"from"`
+	To   []Address `json:"to,omitempty"`
+	Cc   []Address `json:"cc,omitempty"`
+	Bcc  []Address `json:"bcc,omitempty"`
+
+	Subject    string `json:"subject,omitempty"`
+	Body       string `json:"body,omitempty"`
+	IsHTML     bool   `json:"is_html"`
+	Importance string `json:"importance,omitempty"`
+
+	// ReadReceipt is the address for Disposition-Notification-To.
+	ReadReceipt string `json:"read_receipt,omitempty"`
+	// DeliveryReceipt asks the relay for RFC 3461 delivery status
+	// notifications; ReturnPath, when set, is the envelope sender that
+	// receives them (otherwise From).
+	DeliveryReceipt bool   `json:"delivery_receipt,omitempty"`
+	ReturnPath      string `json:"return_path,omitempty"`
+
+	Attachments []Attachment `json:"attachments,omitempty"`
+
+	// SendAt, when set, holds the email until then (a sendq extension).
+	SendAt time.Time `json:"send_at,omitzero"`
+}
+
+// Recipients returns every envelope recipient (To, then Cc, then Bcc) once,
+// in order of first appearance.
+func (e *Email) Recipients() []string {
+	seen := make(map[string]bool)
+	var out []string
+	for _, list := range [][]Address{e.To, e.Cc, e.Bcc} {
+		for _, a := range list {
+			if !seen[a.Address] {
+				seen[a.Address] = true
+				out = append(out, a.Address)
+			}
+		}
+	}
+	return out
+}
+
+// EnvelopeFrom is the MAIL FROM address.
+func (e *Email) EnvelopeFrom() string {
+	if e.ReturnPath != "" {
+		return e.ReturnPath
+	}
+	return e.From.Address
+}
+
+// NewTask returns the asynq task for e. The task id is the email id, so
+// asynq itself refuses a second task for the same email.
+func NewTask(e *Email, opts ...asynq.Option) (*asynq.Task, error) {
+	if e.ID == "" {
+		return nil, errors.New("queue: email has no id")
+	}
+	e.V = PayloadVersion
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("queue: encode email: %w", err)
+	}
+	opts = append([]asynq.Option{asynq.TaskID(e.ID), asynq.Queue(Name)}, opts...)
+	return asynq.NewTask(TypeSendEmail, b, opts...), nil
+}
+
+// DecodeEmail decodes a task payload written by NewTask.
+func DecodeEmail(payload []byte) (*Email, error) {
+	var e Email
+	if err := json.Unmarshal(payload, &e); err != nil {
+		return nil, fmt.Errorf("queue: decode email: %w", err)
+	}
+	if e.V != PayloadVersion {
+		return nil, fmt.Errorf("queue: unsupported payload version %d", e.V)
+	}
+	if e.ID == "" {
+		return nil, errors.New("queue: payload has no id")
+	}
+	return &e, nil
+}

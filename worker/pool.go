@@ -1,0 +1,357 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	gomail "github.com/wneessen/go-mail"
+	"github.com/wneessen/go-mail/smtp"
+
+	"github.com/sendq/sendq/metrics"
+)
+
+// PoolConfig configures a Pool. Zero values take the documented defaults.
+type PoolConfig struct {
+	// Size is the most connections open at once. If zero, 10.
+	Size int
+	// IdleTimeout: a connection idle longer is closed, not reused. If zero, 30s.
+	IdleTimeout time.Duration
+	// MaxConnAge: a connection older than this is retired, like Postfix's
+	// connection reuse time limit. If zero, 5m.
+	MaxConnAge time.Duration
+	// CommandTimeout bounds one SMTP transaction on a connection and the
+	// dial (connect, EHLO, STARTTLS, AUTH). If zero, 20s.
+	CommandTimeout time.Duration
+}
+
+func (c *PoolConfig) setDefaults() {
+	if c.Size <= 0 {
+		c.Size = 10
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 30 * time.Second
+	}
+	if c.MaxConnAge <= 0 {
+		c.MaxConnAge = 5 * time.Minute
+	}
+	if c.CommandTimeout <= 0 {
+		c.CommandTimeout = 20 * time.Second
+	}
+}
+
+// Pool keeps SMTP connections to one relay open between messages. It is the
+// smtppool shape: a channel of idle connections plus a token per open
+// connection, capped at Size. Each connection is one go-mail *smtp.Client
+// owned by one goroutine at a time, between Get and Put.
+type Pool struct {
+	cfg    PoolConfig
+	dialer *gomail.Client
+	m      *metrics.Metrics
+	now    func() time.Time
+
+	slots chan struct{} // a token per open (or dialing) connection
+	idle  chan *Conn
+
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// Conn is one pooled SMTP connection.
+type Conn struct {
+	c        *smtp.Client
+	created  time.Time
+	lastUsed time.Time
+	// Reused is true when the connection carried a message before; a
+	// failure before the first RCPT on a reused connection may just mean
+	// the server closed it while idle.
+	Reused bool
+	dsn    bool
+}
+
+// NewPool returns a pool of connections to relay. It starts an idle
+// sweeper that exits on Close.
+func NewPool(relay *Relay, cfg PoolConfig, m *metrics.Metrics) (*Pool, error) {
+	cfg.setDefaults()
+	dialer, err := relay.client(cfg.CommandTimeout)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pool{
+		cfg: cfg, dialer: dialer, m: m, now: time.Now,
+		slots: make(chan struct{}, cfg.Size),
+		idle:  make(chan *Conn, cfg.Size),
+		done:  make(chan struct{}),
+	}
+	p.wg.Add(1)
+	go p.sweep()
+	return p, nil
+}
+
+// Get returns an idle connection, or dials a new one while fewer than Size
+// are open, or waits for one to be put back until ctx is done.
+func (p *Pool) Get(ctx context.Context) (*Conn, error) {
+	start := p.now()
+	defer func() { p.m.PoolWait.Observe(p.now().Sub(start).Seconds()) }()
+	for {
+		if p.isClosed() {
+			return nil, errPoolClosed
+		}
+		select {
+		case c := <-p.idle:
+			if c = p.checkout(c); c != nil {
+				return c, nil
+			}
+			continue
+		default:
+		}
+		select {
+		case c := <-p.idle:
+			if c = p.checkout(c); c != nil {
+				return c, nil
+			}
+		case p.slots <- struct{}{}:
+			p.m.PoolOpen.Inc()
+			c, err := p.dial(ctx)
+			if err != nil {
+				p.release()
+				return nil, err
+			}
+			p.m.PoolInUse.Inc()
+			return c, nil
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for smtp connection: %w", ctx.Err())
+		}
+	}
+}
+
+var errPoolClosed = errors.New("smtp pool closed")
+
+// checkout takes c out of the idle set, or closes it and returns nil if it
+// was idle too long or is too old.
+func (p *Pool) checkout(c *Conn) *Conn {
+	p.m.PoolIdle.Dec()
+	now := p.now()
+	if now.Sub(c.lastUsed) > p.cfg.IdleTimeout || now.Sub(c.created) > p.cfg.MaxConnAge {
+		p.discard(c, true)
+		return nil
+	}
+	p.m.PoolInUse.Inc()
+	return c
+}
+
+func (p *Pool) dial(ctx context.Context) (*Conn, error) {
+	p.m.PoolDials.Inc()
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CommandTimeout)
+	defer cancel()
+	c, err := p.dialer.DialToSMTPClientWithContext(ctx)
+	if err != nil {
+		p.m.PoolDialFailures.Inc()
+		return nil, fmt.Errorf("dial smtp: %w", err)
+	}
+	dsn, _ := c.Extension("DSN")
+	now := p.now()
+	return &Conn{c: c, created: now, lastUsed: now, dsn: dsn}, nil
+}
+
+// Put returns c to the pool after use. A connection whose last error left it
+// unusable (no reply, 421) is closed, never reused; so is every connection
+// once the pool is closed or the connection is too old.
+func (p *Pool) Put(c *Conn, broken bool) {
+	p.m.PoolInUse.Dec()
+	now := p.now()
+	if broken || p.isClosed() || now.Sub(c.created) > p.cfg.MaxConnAge {
+		p.discard(c, !broken)
+		return
+	}
+	c.lastUsed = now
+	c.Reused = true
+	p.m.PoolIdle.Inc()
+	p.idle <- c // never blocks: at most Size connections exist
+}
+
+// discard closes c (with QUIT if polite) and frees its slot.
+func (p *Pool) discard(c *Conn, polite bool) {
+	if polite {
+		_ = c.c.UpdateDeadline(2 * time.Second)
+		if err := c.c.Quit(); err != nil {
+			_ = c.c.Close()
+		}
+	} else {
+		_ = c.c.Close()
+	}
+	p.release()
+}
+
+func (p *Pool) release() {
+	<-p.slots
+	p.m.PoolOpen.Dec()
+}
+
+func (p *Pool) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// sweep closes idle connections that outlived IdleTimeout, so a quiet
+// worker does not hold sessions the server will drop anyway. It exits when
+// the pool is closed.
+func (p *Pool) sweep() {
+	defer p.wg.Done()
+	t := time.NewTicker(p.cfg.IdleTimeout / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-t.C:
+			for n := len(p.idle); n > 0; n-- {
+				select {
+				case c := <-p.idle:
+					now := p.now()
+					if now.Sub(c.lastUsed) > p.cfg.IdleTimeout || now.Sub(c.created) > p.cfg.MaxConnAge {
+						p.m.PoolIdle.Dec()
+						p.discard(c, true)
+					} else {
+						p.idle <- c
+					}
+				default:
+				}
+			}
+		}
+	}
+}
+
+// Close says QUIT on every idle connection and stops the sweeper.
+// Connections in use are closed when they are put back.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	close(p.done)
+	p.mu.Unlock()
+	p.wg.Wait()
+	for {
+		select {
+		case c := <-p.idle:
+			p.m.PoolIdle.Dec()
+			p.discard(c, true)
+		default:
+			return
+		}
+	}
+}
+
+// Envelope is one SMTP transaction's sender and recipients.
+type Envelope struct {
+	From string
+	To   []string
+	// DSN asks for delivery status notifications (RFC 3461) where the
+	// server offers the extension.
+	DSN bool
+}
+
+// TxResult is what one SMTP transaction yielded.
+type TxResult struct {
+	// Rcpt holds every recipient's error: nil means the server accepted
+	// the message for it (a 250 to RCPT and then to DATA).
+	Rcpt map[string]error
+	// Delivered is true once the server answered 250 to the end of DATA.
+	Delivered bool
+	// Broken is true when the connection must not be reused.
+	Broken bool
+	// BeforeRcpt is true when the transaction failed before any RCPT was
+	// answered (at MAIL FROM, or the connection was already gone).
+	BeforeRcpt bool
+}
+
+// Send runs one transaction on c: MAIL, one RCPT per recipient, DATA, and
+// RSET. Recipients are judged one by one: a rejected RCPT does not stop the
+// others. An error at RSET after the 250 to DATA does not undo delivery.
+func (c *Conn) Send(ctx context.Context, timeout time.Duration, env Envelope, msg io.WriterTo) *TxResult {
+	res := &TxResult{Rcpt: make(map[string]error, len(env.To))}
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
+		timeout = time.Until(d)
+	}
+	if err := c.c.UpdateDeadline(timeout); err != nil {
+		return res.failAll(env.To, err, true)
+	}
+	if env.DSN && c.dsn {
+		c.c.SetDSNMailReturnOption("HDRS")
+		c.c.SetDSNRcptNotifyOption("SUCCESS,FAILURE,DELAY")
+	} else {
+		c.c.SetDSNMailReturnOption("")
+		c.c.SetDSNRcptNotifyOption("")
+	}
+	if err := c.c.Mail("<" + env.From + ">"); err != nil {
+		res.BeforeRcpt = true
+		return res.failAll(env.To, fmt.Errorf("send MAIL FROM: %w", err), closesConn(err)).reset(c)
+	}
+	var accepted []string
+	for i, rcpt := range env.To {
+		if err := c.c.Rcpt("<" + rcpt + ">"); err != nil {
+			if closesConn(err) {
+				// No reply or 421: the rest cannot be asked on this connection.
+				return res.failAll(env.To[i:], fmt.Errorf("send RCPT TO: %w", err), true).
+					failAll(accepted, fmt.Errorf("send RCPT TO: %w", err), true)
+			}
+			res.Rcpt[rcpt] = fmt.Errorf("send RCPT TO: %w", err)
+			continue
+		}
+		accepted = append(accepted, rcpt)
+	}
+	if len(accepted) == 0 {
+		return res.reset(c)
+	}
+	w, err := c.c.Data()
+	if err != nil {
+		return res.failAll(accepted, fmt.Errorf("send DATA: %w", err), closesConn(err)).reset(c)
+	}
+	if _, err := msg.WriteTo(w); err != nil {
+		// The message was cut off: the connection is in an unknown state.
+		_ = w.Close()
+		return res.failAll(accepted, fmt.Errorf("write message: %w", err), true)
+	}
+	if err := w.Close(); err != nil {
+		// A reply after the final dot is the server's verdict on the
+		// message; no reply leaves it unknown (it may have been
+		// delivered): transient, and the retry carries the same
+		// Message-ID so the receiver can drop a duplicate.
+		return res.failAll(accepted, fmt.Errorf("end DATA: %w", err), closesConn(err)).reset(c)
+	}
+	res.Delivered = true
+	for _, r := range accepted {
+		res.Rcpt[r] = nil
+	}
+	return res.reset(c)
+}
+
+func (r *TxResult) failAll(rcpts []string, err error, broken bool) *TxResult {
+	for _, rc := range rcpts {
+		r.Rcpt[rc] = err
+	}
+	r.Broken = r.Broken || broken
+	return r
+}
+
+// reset sends RSET unless the connection is already broken, so the next
+// transaction starts clean. A failed RSET breaks the connection but changes
+// no recipient's outcome.
+func (r *TxResult) reset(c *Conn) *TxResult {
+	if r.Broken {
+		return r
+	}
+	if err := c.c.Reset(); err != nil {
+		r.Broken = true
+	}
+	return r
+}

@@ -1,0 +1,381 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sendq/sendq/metrics"
+	"github.com/sendq/sendq/queue"
+)
+
+// Config configures a Worker. Zero values take the documented defaults.
+type Config struct {
+	// Relay is the SMTP server to deliver through. Required.
+	Relay *Relay
+	// Pool configures the SMTP connection pool.
+	Pool PoolConfig
+	// Concurrency is how many emails one process handles at once. If zero,
+	// twice the pool size.
+	Concurrency int
+	// RetryBaseDelay is the first retry's delay, doubled for each retry
+	// with jitter. If zero, 30s.
+	RetryBaseDelay time.Duration
+	// RetryMaxDelay caps the retry delay. If zero, 1h.
+	RetryMaxDelay time.Duration
+	// MaxAge: an email older than this is failed (reason expired) instead
+	// of retried. If zero, 72h.
+	MaxAge time.Duration
+	// ShutdownTimeout is how long Shutdown waits for in-flight sends. If
+	// zero, 25s (below Kubernetes' 30s grace period).
+	ShutdownTimeout time.Duration
+	// PollInterval is how often an idle worker looks for new tasks and
+	// how often due retries are moved to the queue. If zero, 1s for
+	// retries (asynq's default is 5s) and 200ms for new tasks.
+	PollInterval time.Duration
+	// Store keeps delivery records. Required.
+	Store *queue.Store
+	// Logger; if nil, slog.Default().
+	Logger *slog.Logger
+	// Metrics; required.
+	Metrics *metrics.Metrics
+}
+
+func (c *Config) validate() error {
+	var errs []string
+	if c.Relay == nil {
+		errs = append(errs, "Relay is required")
+	}
+	if c.Store == nil {
+		errs = append(errs, "Store is required")
+	}
+	if c.Metrics == nil {
+		errs = append(errs, "Metrics is required")
+	}
+	c.Pool.setDefaults()
+	if c.Concurrency <= 0 {
+		c.Concurrency = 2 * c.Pool.Size
+	}
+	if c.RetryBaseDelay <= 0 {
+		c.RetryBaseDelay = 30 * time.Second
+	}
+	if c.RetryMaxDelay <= 0 {
+		c.RetryMaxDelay = time.Hour
+	}
+	if c.RetryMaxDelay < c.RetryBaseDelay {
+		errs = append(errs, fmt.Sprintf("retry max delay %s is below the base delay %s", c.RetryMaxDelay, c.RetryBaseDelay))
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = 72 * time.Hour
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 25 * time.Second
+	}
+	if c.Pool.CommandTimeout >= c.ShutdownTimeout {
+		errs = append(errs, fmt.Sprintf("SMTP command timeout %s must be shorter than the shutdown timeout %s", c.Pool.CommandTimeout, c.ShutdownTimeout))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if len(errs) > 0 {
+		return errors.New("worker config: " + strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// Worker consumes the email queue and delivers through the pool.
+type Worker struct {
+	cfg  Config
+	log  *slog.Logger
+	m    *metrics.Metrics
+	pool *Pool
+	srv  *asynq.Server
+	now  func() time.Time
+}
+
+// New returns a Worker on rdb. Call Start to begin and Shutdown to stop.
+func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	pool, err := NewPool(cfg.Relay, cfg.Pool, cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, pool: pool, now: time.Now}
+	delayed := time.Second
+	poll := 200 * time.Millisecond
+	if cfg.PollInterval > 0 {
+		delayed, poll = cfg.PollInterval, cfg.PollInterval
+	}
+	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency:              cfg.Concurrency,
+		Queues:                   map[string]int{queue.Name: 1},
+		RetryDelayFunc:           w.retryDelay,
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		DelayedTaskCheckInterval: delayed,
+		TaskCheckInterval:        poll,
+		Logger:                   NewAsynqLogger(cfg.Logger),
+		LogLevel:                 asynq.WarnLevel,
+	})
+	return w, nil
+}
+
+// Start begins fetching and delivering emails. It returns at once.
+func (w *Worker) Start() error {
+	mux := asynq.NewServeMux()
+	mux.Handle(queue.TypeSendEmail, w)
+	if err := w.srv.Start(mux); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops fetching, waits up to ShutdownTimeout for in-flight sends
+// (each bounded by the SMTP command timeout, which is shorter), then says
+// QUIT on every pooled connection. A task still running after that goes
+// back to the queue and its recorded recipients are not sent again.
+func (w *Worker) Shutdown() {
+	w.srv.Shutdown()
+	w.pool.Close()
+}
+
+// Pool is the worker's SMTP connection pool.
+func (w *Worker) Pool() *Pool { return w.pool }
+
+// retryDelay is the backoff: base * 2^n with ±20% jitter, capped at max.
+// A relay that throttled us makes the next delay at least doubled.
+func (w *Worker) retryDelay(n int, err error, _ *asynq.Task) time.Duration {
+	d := w.cfg.RetryBaseDelay
+	for i := 0; i < n && d < w.cfg.RetryMaxDelay; i++ {
+		d *= 2
+	}
+	var te *deferredError
+	if errors.As(err, &te) && te.throttled {
+		d *= 2
+	}
+	if d > w.cfg.RetryMaxDelay {
+		d = w.cfg.RetryMaxDelay
+	}
+	jitter := time.Duration(float64(d) * (rand.Float64()*0.4 - 0.2))
+	return d + jitter
+}
+
+// deferredError is returned to asynq when some recipient is deferred: asynq
+// schedules the retry.
+type deferredError struct {
+	n         int
+	last      string
+	throttled bool
+}
+
+func (e *deferredError) Error() string {
+	return fmt.Sprintf("%d recipient(s) deferred: %s", e.n, e.last)
+}
+
+// ProcessTask delivers one email to every recipient not yet settled.
+func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	start := w.now()
+	e, err := queue.DecodeEmail(t.Payload())
+	if err != nil {
+		w.m.EmailsFailed.WithLabelValues(queue.ReasonInvalid).Inc()
+		w.m.Attempts.WithLabelValues(metrics.OutcomeFailed).Inc()
+		w.log.Error("undecodable task", "err", err)
+		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
+	}
+	log := w.log.With("email_id", e.ID)
+	rec, err := w.cfg.Store.BeginAttempt(ctx, e)
+	if err != nil {
+		w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
+		log.Warn("delivery attempt aborted", "err", err)
+		return err
+	}
+	if rec.Attempts == 1 {
+		w.m.EnqueueToFirst.Observe(start.Sub(e.CreatedAt).Seconds())
+	}
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	lastTry := retried >= maxRetry
+
+	var pending []string
+	for _, r := range e.Recipients() {
+		if st, ok := rec.Recipients[r]; ok && (st.Status == queue.RecipientSent || st.Status == queue.RecipientFailed) {
+			continue // settled by an earlier attempt: never sent twice
+		}
+		pending = append(pending, r)
+	}
+
+	results := map[string]queue.RecipientResult{}
+	var lastReply queue.Reply
+	var throttle bool
+	if len(pending) > 0 {
+		if age := start.Sub(e.CreatedAt); age > w.cfg.MaxAge {
+			for _, r := range pending {
+				results[r] = queue.RecipientResult{Status: queue.RecipientFailed, UpdatedAt: start,
+					Reply: queue.Reply{Message: fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge)}}
+			}
+			lastReply = results[pending[0]].Reply
+		} else {
+			results, lastReply, throttle, err = w.deliver(ctx, e, pending)
+			if err != nil {
+				// The message could not be built: nothing will fix that.
+				for _, r := range pending {
+					results[r] = queue.RecipientResult{Status: queue.RecipientFailed, UpdatedAt: start,
+						Reply: queue.Reply{Message: oneLine(err.Error())}}
+				}
+				lastReply = queue.Reply{Message: oneLine(err.Error())}
+			}
+		}
+	}
+
+	// Settle: merge this attempt's results into the record's.
+	var nSent, nDeferred, nFailed int
+	all := map[string]queue.RecipientResult{}
+	for k, v := range rec.Recipients {
+		all[k] = v
+	}
+	for k, v := range results {
+		all[k] = v
+	}
+	reason := ""
+	for _, r := range e.Recipients() {
+		st := all[r]
+		switch st.Status {
+		case queue.RecipientSent:
+			nSent++
+		case queue.RecipientDeferred:
+			if lastTry || start.Add(w.retryDelay(retried, nil, nil)).Sub(e.CreatedAt) > w.cfg.MaxAge {
+				st.Status = queue.RecipientFailed
+				results[r] = st
+				all[r] = st
+				reason = queue.ReasonTransient
+				if !lastTry {
+					reason = queue.ReasonExpired
+				}
+				nFailed++
+				continue
+			}
+			nDeferred++
+		case queue.RecipientFailed:
+			nFailed++
+		}
+	}
+	if reason == "" {
+		reason = failureReason(all, err)
+	}
+	for _, r := range results {
+		switch r.Status {
+		case queue.RecipientSent:
+			w.m.RecipientsSent.Inc()
+		case queue.RecipientFailed:
+			w.m.RecipientsFail.WithLabelValues(reason).Inc()
+		}
+	}
+
+	u := queue.Update{Recipients: results, LastError: formatReply(lastReply)}
+	if lastReply == (queue.Reply{}) || lastReply.Code == 250 {
+		u.LastError = ""
+	}
+	var outcome string
+	var ret error
+	switch {
+	case nDeferred > 0:
+		outcome, u.State = metrics.OutcomeRetry, queue.StatusRetrying
+		ret = &deferredError{n: nDeferred, last: u.LastError, throttled: throttle}
+	case nFailed > 0:
+		outcome, u.State, u.Reason = metrics.OutcomeFailed, queue.StatusFailed, reason
+		ret = fmt.Errorf("%d recipient(s) failed: %s: %w", nFailed, u.LastError, asynq.SkipRetry)
+	default:
+		outcome, u.State, u.SentAt = metrics.OutcomeSent, queue.StatusSent, w.now()
+	}
+	// The record is written before the task is acknowledged: a crash after
+	// this line and before asynq's ack redelivers the task, and the
+	// recipients recorded here are skipped.
+	if err := w.cfg.Store.Save(context.WithoutCancel(ctx), e.ID, u); err != nil {
+		w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
+		log.Error("record delivery results", "err", err)
+		return err
+	}
+	w.m.Attempts.WithLabelValues(outcome).Inc()
+	switch outcome {
+	case metrics.OutcomeSent:
+		w.m.EmailsSent.Inc()
+		w.m.EnqueueToSent.Observe(w.now().Sub(e.CreatedAt).Seconds())
+		w.m.AttemptsPerMsg.Observe(float64(rec.Attempts))
+	case metrics.OutcomeFailed:
+		w.m.EmailsFailed.WithLabelValues(reason).Inc()
+		w.m.AttemptsPerMsg.Observe(float64(rec.Attempts))
+	}
+	log.Info("delivery attempt", "attempt", rec.Attempts, "outcome", outcome,
+		"recipients", len(pending), "sent", nSent, "deferred", nDeferred, "failed", nFailed,
+		"reply_code", lastReply.Code, "enhanced_code", lastReply.EnhancedCode,
+		"duration_ms", w.now().Sub(start).Milliseconds())
+	return ret
+}
+
+func failureReason(all map[string]queue.RecipientResult, buildErr error) string {
+	if buildErr != nil {
+		return queue.ReasonInvalid
+	}
+	for _, r := range all {
+		if r.Status == queue.RecipientFailed && strings.HasPrefix(r.Reply.Message, "expired") {
+			return queue.ReasonExpired
+		}
+	}
+	return queue.ReasonPermanent
+}
+
+// deliver sends e to the pending recipients and judges each one. A
+// transaction that fails before any RCPT on a reused connection (the server
+// closed it while idle) is tried once more on a fresh connection.
+func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool, error) {
+	msg, err := BuildMessage(e)
+	if err != nil {
+		return map[string]queue.RecipientResult{}, queue.Reply{}, false, fmt.Errorf("build message: %w", err)
+	}
+	env := Envelope{From: e.EnvelopeFrom(), To: pending, DSN: e.DeliveryReceipt}
+	var res *TxResult
+	for try := 0; try < 2; try++ {
+		conn, err := w.pool.Get(ctx)
+		if err != nil {
+			res = (&TxResult{Rcpt: map[string]error{}}).failAll(pending, err, true)
+			break
+		}
+		t0 := w.now()
+		res = conn.Send(ctx, w.cfg.Pool.CommandTimeout, env, msg)
+		w.m.SMTPSendDuration.Observe(w.now().Sub(t0).Seconds())
+		reused := conn.Reused
+		w.pool.Put(conn, res.Broken)
+		if !(res.BeforeRcpt && res.Broken && reused) {
+			break
+		}
+	}
+	now := w.now()
+	out := make(map[string]queue.RecipientResult, len(pending))
+	var last queue.Reply
+	throttle := false
+	for _, r := range pending {
+		v, reply := Classify(res.Rcpt[r])
+		w.m.SMTPReplies.WithLabelValues(replyClass(reply)).Inc()
+		st := queue.RecipientSent
+		switch v {
+		case Transient:
+			st = queue.RecipientDeferred
+			throttle = throttle || throttled(reply)
+		case Permanent:
+			st = queue.RecipientFailed
+		}
+		if v != Accepted || last == (queue.Reply{}) {
+			last = reply
+		}
+		out[r] = queue.RecipientResult{Status: st, Reply: reply, UpdatedAt: now}
+	}
+	return out, last, throttle, nil
+}
