@@ -27,6 +27,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sendq/sendq/internal/config"
 	"github.com/sendq/sendq/internal/outbox"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/producer"
@@ -63,7 +64,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "sendq: unknown command %q\n\n%s", name, usage)
 		return 2
 	}
-	cfg, err := Load(name, args[1:], getenv, stderr)
+	cfg, err := config.Load(name, args[1:], getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -84,7 +85,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	return 0
 }
 
-func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	opts := &slog.HandlerOptions{Level: level}
@@ -96,7 +97,7 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 
 // serve builds the components for mode (serve, api or worker), runs them
 // until ctx is canceled, then stops them in order.
-func serve(ctx context.Context, mode string, cfg *Config, log *slog.Logger) error {
+func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logger) error {
 	runAPI, runWorker := mode != "worker", mode != "api"
 
 	// Redis: the configured one, or an embedded in-memory one.
@@ -256,7 +257,7 @@ func serve(ctx context.Context, mode string, cfg *Config, log *slog.Logger) erro
 
 // healthcheck asks the local process' /healthz; a container health check
 // runs it, so the image needs no shell or curl.
-func healthcheck(cfg *Config, stderr io.Writer) int {
+func healthcheck(cfg *config.Config, stderr io.Writer) int {
 	host, port, err := net.SplitHostPort(cfg.HTTPAddr)
 	if err != nil {
 		fmt.Fprintf(stderr, "healthcheck: %v\n", err)

@@ -1,4 +1,7 @@
-package main
+// Package config reads sendq's settings from the environment and flags.
+// Every setting is an environment variable with a flag twin; Settings is
+// the table README.md shows.
+package config
 
 import (
 	"errors"
@@ -36,10 +39,10 @@ type Config struct {
 	LogLevel        string
 }
 
-// setting is one configuration item: an environment variable and its flag
+// Setting is one configuration item: an environment variable and its flag
 // twin. The flag wins over the variable, the variable over the default.
-type setting struct {
-	env, flag, def, help string
+type Setting struct {
+	Env, Flag, Def, Help string
 	set                  func(c *Config, v string) error
 	secret               bool
 }
@@ -71,20 +74,20 @@ func duration(name string, dst func(*Config) *time.Duration) func(*Config, strin
 }
 
 // settings is the configuration table; README.md shows the same table.
-var settings = []setting{
-	{env: "REDIS_URL", flag: "redis-url", help: "redis://[user:pass@]host:port/db, rediss://, redis-sentinel://h1,h2/db?master=NAME or redis-cluster://h1,h2; unset: an embedded in-memory Redis (nothing survives a restart)",
+var settings = []Setting{
+	{Env: "REDIS_URL", Flag: "redis-url", Help: "redis://[user:pass@]host:port/db, rediss://, redis-sentinel://h1,h2/db?master=NAME or redis-cluster://h1,h2; unset: an embedded in-memory Redis (nothing survives a restart)",
 		set: str(func(c *Config) *string { return &c.RedisURL }), secret: true},
-	{env: "SENDQ_SMTP_URL", flag: "smtp-url", help: "smtp://user:pass@host:587?tls=starttls, smtps://host:465 or smtp://host:25?tls=none; unset: an embedded SMTP server that writes .eml files to the outbox dir",
+	{Env: "SENDQ_SMTP_URL", Flag: "smtp-url", Help: "smtp://user:pass@host:587?tls=starttls, smtps://host:465 or smtp://host:25?tls=none; unset: an embedded SMTP server that writes .eml files to the outbox dir",
 		set: str(func(c *Config) *string { return &c.SMTPURL }), secret: true},
-	{env: "SENDQ_HTTP_ADDR", flag: "http-addr", def: ":8080", help: "HTTP listen address (API, /healthz, /readyz, /metrics)",
+	{Env: "SENDQ_HTTP_ADDR", Flag: "http-addr", Def: ":8080", Help: "HTTP listen address (API, /healthz, /readyz, /metrics)",
 		set: str(func(c *Config) *string { return &c.HTTPAddr })},
-	{env: "SENDQ_API_KEYS", flag: "api-keys", help: "comma-separated API keys for Authorization: Bearer KEY, each optionally KEY:@a.com|ops@b.com to limit its From; unset: no auth",
+	{Env: "SENDQ_API_KEYS", Flag: "api-keys", Help: "comma-separated API keys for Authorization: Bearer KEY, each optionally KEY:@a.com|ops@b.com to limit its From; unset: no auth",
 		set: str(func(c *Config) *string { return &c.APIKeys }), secret: true},
-	{env: "SENDQ_ALLOWED_FROM", flag: "allowed-from", help: "comma-separated addresses (a@x.com) or domains (@x.com) allowed as From; unset: any",
+	{Env: "SENDQ_ALLOWED_FROM", Flag: "allowed-from", Help: "comma-separated addresses (a@x.com) or domains (@x.com) allowed as From; unset: any",
 		set: str(func(c *Config) *string { return &c.AllowedFrom })},
-	{env: "SENDQ_DEFAULT_FROM", flag: "default-from", help: "From used when a request has none",
+	{Env: "SENDQ_DEFAULT_FROM", Flag: "default-from", Help: "From used when a request has none",
 		set: str(func(c *Config) *string { return &c.DefaultFrom })},
-	{env: "SENDQ_MAX_MESSAGE_BYTES", flag: "max-message-bytes", def: "26214400", help: "largest request body accepted",
+	{Env: "SENDQ_MAX_MESSAGE_BYTES", Flag: "max-message-bytes", Def: "26214400", Help: "largest request body accepted",
 		set: func(c *Config, v string) error {
 			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 			if err != nil || n < 1024 {
@@ -93,33 +96,33 @@ var settings = []setting{
 			c.MaxMessageBytes = n
 			return nil
 		}},
-	{env: "SENDQ_MAX_RECIPIENTS", flag: "max-recipients", def: "100", help: "most recipients across To, CC and Bcc",
+	{Env: "SENDQ_MAX_RECIPIENTS", Flag: "max-recipients", Def: "100", Help: "most recipients across To, CC and Bcc",
 		set: integer("SENDQ_MAX_RECIPIENTS", func(c *Config) *int { return &c.MaxRecipients }, 1)},
-	{env: "SENDQ_SMTP_POOL_SIZE", flag: "smtp-pool-size", def: "10", help: "most SMTP connections one worker process keeps open",
+	{Env: "SENDQ_SMTP_POOL_SIZE", Flag: "smtp-pool-size", Def: "10", Help: "most SMTP connections one worker process keeps open",
 		set: integer("SENDQ_SMTP_POOL_SIZE", func(c *Config) *int { return &c.PoolSize }, 1)},
-	{env: "SENDQ_SMTP_IDLE_TIMEOUT", flag: "smtp-idle-timeout", def: "30s", help: "an SMTP connection idle longer is closed, not reused",
+	{Env: "SENDQ_SMTP_IDLE_TIMEOUT", Flag: "smtp-idle-timeout", Def: "30s", Help: "an SMTP connection idle longer is closed, not reused",
 		set: duration("SENDQ_SMTP_IDLE_TIMEOUT", func(c *Config) *time.Duration { return &c.IdleTimeout })},
-	{env: "SENDQ_SMTP_MAX_CONN_AGE", flag: "smtp-max-conn-age", def: "5m", help: "an SMTP connection older than this is retired",
+	{Env: "SENDQ_SMTP_MAX_CONN_AGE", Flag: "smtp-max-conn-age", Def: "5m", Help: "an SMTP connection older than this is retired",
 		set: duration("SENDQ_SMTP_MAX_CONN_AGE", func(c *Config) *time.Duration { return &c.MaxConnAge })},
-	{env: "SENDQ_SMTP_TIMEOUT", flag: "smtp-timeout", def: "20s", help: "bound on one SMTP dial or transaction; must be below the shutdown timeout",
+	{Env: "SENDQ_SMTP_TIMEOUT", Flag: "smtp-timeout", Def: "20s", Help: "bound on one SMTP dial or transaction; must be below the shutdown timeout",
 		set: duration("SENDQ_SMTP_TIMEOUT", func(c *Config) *time.Duration { return &c.SMTPTimeout })},
-	{env: "SENDQ_WORKER_CONCURRENCY", flag: "worker-concurrency", def: "", help: "emails one worker process handles at once; default 2 x pool size",
+	{Env: "SENDQ_WORKER_CONCURRENCY", Flag: "worker-concurrency", Def: "", Help: "emails one worker process handles at once; default 2 x pool size",
 		set: integer("SENDQ_WORKER_CONCURRENCY", func(c *Config) *int { return &c.Concurrency }, 1)},
-	{env: "SENDQ_RETRY_BASE_DELAY", flag: "retry-base-delay", def: "30s", help: "first retry delay, doubled each retry with jitter",
+	{Env: "SENDQ_RETRY_BASE_DELAY", Flag: "retry-base-delay", Def: "30s", Help: "first retry delay, doubled each retry with jitter",
 		set: duration("SENDQ_RETRY_BASE_DELAY", func(c *Config) *time.Duration { return &c.RetryBase })},
-	{env: "SENDQ_RETRY_MAX_DELAY", flag: "retry-max-delay", def: "1h", help: "cap on the retry delay",
+	{Env: "SENDQ_RETRY_MAX_DELAY", Flag: "retry-max-delay", Def: "1h", Help: "cap on the retry delay",
 		set: duration("SENDQ_RETRY_MAX_DELAY", func(c *Config) *time.Duration { return &c.RetryMax })},
-	{env: "SENDQ_MAX_ATTEMPTS", flag: "max-attempts", def: "20", help: "delivery attempts before an email is failed",
+	{Env: "SENDQ_MAX_ATTEMPTS", Flag: "max-attempts", Def: "20", Help: "delivery attempts before an email is failed",
 		set: integer("SENDQ_MAX_ATTEMPTS", func(c *Config) *int { return &c.MaxAttempts }, 1)},
-	{env: "SENDQ_MAX_AGE", flag: "max-age", def: "72h", help: "an email not delivered within this is failed (reason expired)",
+	{Env: "SENDQ_MAX_AGE", Flag: "max-age", Def: "72h", Help: "an email not delivered within this is failed (reason expired)",
 		set: duration("SENDQ_MAX_AGE", func(c *Config) *time.Duration { return &c.MaxAge })},
-	{env: "SENDQ_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "25s", help: "how long a stopping worker lets in-flight sends finish",
+	{Env: "SENDQ_SHUTDOWN_TIMEOUT", Flag: "shutdown-timeout", Def: "25s", Help: "how long a stopping worker lets in-flight sends finish",
 		set: duration("SENDQ_SHUTDOWN_TIMEOUT", func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
-	{env: "SENDQ_RETENTION", flag: "retention", def: "24h", help: "how long a sent email stays visible in the status API",
+	{Env: "SENDQ_RETENTION", Flag: "retention", Def: "24h", Help: "how long a sent email stays visible in the status API",
 		set: duration("SENDQ_RETENTION", func(c *Config) *time.Duration { return &c.Retention })},
-	{env: "SENDQ_OUTBOX_DIR", flag: "outbox-dir", def: "./sendq-outbox", help: "where the embedded SMTP server writes .eml files",
+	{Env: "SENDQ_OUTBOX_DIR", Flag: "outbox-dir", Def: "./sendq-outbox", Help: "where the embedded SMTP server writes .eml files",
 		set: str(func(c *Config) *string { return &c.OutboxDir })},
-	{env: "SENDQ_LOG_FORMAT", flag: "log-format", def: "text", help: "text or json",
+	{Env: "SENDQ_LOG_FORMAT", Flag: "log-format", Def: "text", Help: "text or json",
 		set: func(c *Config, v string) error {
 			if v != "text" && v != "json" {
 				return fmt.Errorf("SENDQ_LOG_FORMAT=%q must be text or json", v)
@@ -127,7 +130,7 @@ var settings = []setting{
 			c.LogFormat = v
 			return nil
 		}},
-	{env: "SENDQ_LOG_LEVEL", flag: "log-level", def: "info", help: "debug, info, warn or error",
+	{Env: "SENDQ_LOG_LEVEL", Flag: "log-level", Def: "info", Help: "debug, info, warn or error",
 		set: func(c *Config, v string) error {
 			switch v {
 			case "debug", "info", "warn", "error":
@@ -138,6 +141,9 @@ var settings = []setting{
 		}},
 }
 
+// Settings returns the configuration table: every variable sendq reads.
+func Settings() []Setting { return append([]Setting(nil), settings...) }
+
 // Load reads the configuration from flags (args) and the environment
 // (getenv). It is a pure function: no I/O but writing usage to out.
 func Load(name string, args []string, getenv func(string) string, out io.Writer) (*Config, error) {
@@ -146,8 +152,8 @@ func Load(name string, args []string, getenv func(string) string, out io.Writer)
 	fs.SetOutput(out)
 	vals := make([]*string, len(settings))
 	for i, s := range settings {
-		def := s.def
-		if v := getenv(s.env); v != "" {
+		def := s.Def
+		if v := getenv(s.Env); v != "" {
 			def = v
 		}
 		shown := def
@@ -155,8 +161,8 @@ func Load(name string, args []string, getenv func(string) string, out io.Writer)
 			shown = "" // never print a secret in usage
 		}
 		vals[i] = new(string)
-		fs.StringVar(vals[i], s.flag, def, s.help+" (env "+s.env+")")
-		if f := fs.Lookup(s.flag); f != nil {
+		fs.StringVar(vals[i], s.Flag, def, s.Help+" (env "+s.Env+")")
+		if f := fs.Lookup(s.Flag); f != nil {
 			f.DefValue = shown
 		}
 		*vals[i] = def
