@@ -10,7 +10,9 @@ import (
 type AsynqLogger struct{ l *slog.Logger }
 
 // NewAsynqLogger returns an asynq.Logger that writes to l.
-func NewAsynqLogger(l *slog.Logger) *AsynqLogger { return &AsynqLogger{l: l.With("component", "asynq")} }
+func NewAsynqLogger(l *slog.Logger) *AsynqLogger {
+	return &AsynqLogger{l: l.With("component", "asynq")}
+}
 
 // Debug implements asynq.Logger.
 func (a *AsynqLogger) Debug(args ...any) { a.l.Debug(fmt.Sprint(args...)) }
