@@ -45,6 +45,17 @@ func Classify(err error) (Verdict, queue.Reply) {
 	if err == nil {
 		return Accepted, queue.Reply{Code: 250}
 	}
+	var de *DialError
+	if errors.As(err, &de) {
+		// The relay refused the session (greeting, STARTTLS, AUTH): that
+		// is about sendq's connection, not the message. Keep the reply
+		// for the status, retry later.
+		_, r := Classify(de.Err)
+		if r.Code == 0 {
+			r.Message = errorText(err)
+		}
+		return Transient, r
+	}
 	var tp *textproto.Error
 	if !errors.As(err, &tp) {
 		return Transient, queue.Reply{Message: errorText(err)}
@@ -69,6 +80,14 @@ func Classify(err error) (Verdict, queue.Reply) {
 		return Transient, r
 	}
 }
+
+// DialError is a failure to open an SMTP session: connect, greeting, EHLO,
+// STARTTLS or AUTH. Whatever the server said, it is transient.
+type DialError struct{ Err error }
+
+func (e *DialError) Error() string { return "dial smtp: " + e.Err.Error() }
+
+func (e *DialError) Unwrap() error { return e.Err }
 
 // replyClass is the metrics label of a reply.
 func replyClass(r queue.Reply) string {

@@ -152,7 +152,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	c, err := p.dialer.DialToSMTPClientWithContext(ctx)
 	if err != nil {
 		p.m.PoolDialFailures.Inc()
-		return nil, fmt.Errorf("dial smtp: %w", err)
+		return nil, &DialError{Err: err}
 	}
 	dsn, _ := c.Extension("DSN")
 	now := p.now()

@@ -48,6 +48,9 @@ type Hooks struct {
 	Mail func(s *Session, from string) error
 	Rcpt func(s *Session, to string) error
 	Data func(s *Session, data []byte) error
+	// Reset runs when the transaction ends: after the reply to DATA, on
+	// RSET, on a new MAIL. Closing s.Conn here makes the next command fail.
+	Reset func(s *Session)
 }
 
 // Server is a running SMTP server.
@@ -262,7 +265,12 @@ func (s *session) Data(r io.Reader) error {
 	return s.run(err)
 }
 
-func (s *session) Reset() { s.From, s.To = "", nil }
+func (s *session) Reset() {
+	if h := s.hooks().Reset; h != nil {
+		h(&s.Session)
+	}
+	s.From, s.To = "", nil
+}
 
 func (s *session) Logout() error {
 	s.srv.mu.Lock()
