@@ -1,0 +1,40 @@
+# sendq: `make help` lists the targets.
+GO ?= go
+FUZZTIME ?= 10s
+
+.PHONY: help run test test-short fuzz-short vet lint build bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+run: ## run sendq (API + worker) on embedded Redis and an .eml outbox
+	$(GO) run ./cmd/sendq serve
+
+test: ## the whole test suite: installs redis-server if missing, then go test -race
+	./scripts/ensure-redis.sh
+	SENDQ_TEST_REQUIRE_REDIS=1 $(GO) test -race -count=1 ./...
+
+test-short: ## go test without -race (faster, for a quick loop)
+	$(GO) test -count=1 ./...
+
+fuzz-short: ## run every fuzz target for FUZZTIME each (default 10s)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list 'Fuzz.*' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+vet: ## gofmt, go vet and go mod tidy checks
+	@test -z "$$(gofmt -l . | tee /dev/stderr)"
+	$(GO) vet ./...
+	$(GO) mod tidy -diff
+
+build: ## build bin/sendq
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/sendq ./cmd/sendq
+
+bench: ## Go benchmarks of the hot paths
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean: ## remove build output and the outbox
+	rm -rf bin sendq-outbox
