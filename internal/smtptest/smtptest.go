@@ -57,8 +57,9 @@ type Hooks struct {
 type Server struct {
 	Addr string
 
-	srv *smtp.Server
-	ln  net.Listener
+	srv      *smtp.Server
+	ln       net.Listener
+	implicit *tls.Config
 
 	mu       sync.Mutex
 	hooks    Hooks
@@ -84,6 +85,11 @@ func WithAuth(user, pass string) Option {
 
 // WithTLS offers STARTTLS with cfg.
 func WithTLS(cfg *tls.Config) Option { return func(s *Server) { s.srv.TLSConfig = cfg } }
+
+// WithImplicitTLS makes the server speak TLS from the first byte (smtps).
+func WithImplicitTLS(cfg *tls.Config) Option {
+	return func(s *Server) { s.implicit = cfg }
+}
 
 // WithReadTimeout closes connections idle for longer than d.
 func WithReadTimeout(d time.Duration) Option { return func(s *Server) { s.srv.ReadTimeout = d } }
@@ -117,6 +123,9 @@ func Listen(addr string, opts ...Option) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if s.implicit != nil {
+		ln = tls.NewListener(ln, s.implicit)
 	}
 	s.ln = ln
 	s.Addr = ln.Addr().String()
