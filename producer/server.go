@@ -9,7 +9,6 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -58,6 +57,7 @@ type API struct {
 	enq   Enqueuer
 	insp  *asynq.Inspector
 	look  *queue.Lookup
+	admin *queue.Admin
 	store *queue.Store
 	idem  *idempotency
 	log   *slog.Logger
@@ -91,8 +91,9 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	}
 	return &API{
 		cfg: cfg, enq: enq, insp: insp, store: store,
-		look: &queue.Lookup{Inspector: insp, Store: store},
-		idem: &idempotency{rdb: rdb}, log: cfg.Logger, m: cfg.Metrics, now: time.Now,
+		look:  &queue.Lookup{Inspector: insp, Store: store},
+		admin: &queue.Admin{Inspector: insp, Store: store},
+		idem:  &idempotency{rdb: rdb}, log: cfg.Logger, m: cfg.Metrics, now: time.Now,
 	}, nil
 }
 
@@ -368,78 +369,42 @@ func intParam(s string, def, lo, hi int) (int, error) {
 }
 
 func (a *API) retry(w http.ResponseWriter, r *http.Request, _ *APIKey) {
-	id := r.PathValue("id")
-	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
-	defer cancel()
-	info, ok := a.taskInfo(w, id)
-	if !ok {
-		return
-	}
-	if info.State != asynq.TaskStateArchived {
-		WriteError(w, http.StatusConflict, "not_failed", "id", fmt.Sprintf("only a failed or canceled email can be retried; this one is %s", stateName(info.State)))
-		return
-	}
-	if err := a.store.ResetFailed(ctx, id); err != nil {
-		a.unavailable(w, err)
-		return
-	}
-	if err := a.insp.RunTask(queue.Name, id); err != nil {
-		WriteError(w, http.StatusConflict, "not_failed", "id", "the email changed state; fetch its status and try again")
-		return
-	}
-	a.writeStatus(ctx, w, id)
+	a.change(w, r, a.admin.Retry)
 }
 
 func (a *API) cancel(w http.ResponseWriter, r *http.Request, _ *APIKey) {
+	a.change(w, r, func(ctx context.Context, id string) error {
+		if err := a.admin.Cancel(ctx, id); err != nil {
+			return err
+		}
+		a.m.EmailsFailed.WithLabelValues(queue.ReasonCanceled).Inc()
+		return nil
+	})
+}
+
+// change runs a retry or a cancel and answers with the new status.
+func (a *API) change(w http.ResponseWriter, r *http.Request, op func(context.Context, string) error) {
 	id := r.PathValue("id")
-	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
-	defer cancel()
-	info, ok := a.taskInfo(w, id)
-	if !ok {
-		return
-	}
-	switch info.State {
-	case asynq.TaskStatePending, asynq.TaskStateScheduled, asynq.TaskStateRetry:
-	default:
-		WriteError(w, http.StatusConflict, "not_cancelable", "id", fmt.Sprintf("only a queued, scheduled or retrying email can be canceled; this one is %s", stateName(info.State)))
-		return
-	}
-	// ArchiveTask is atomic in Redis: if a worker took the task since
-	// GetTaskInfo, it fails and the email is delivered, not canceled.
-	if err := a.insp.ArchiveTask(queue.Name, id); err != nil {
-		WriteError(w, http.StatusConflict, "not_cancelable", "id", "the email is being sent now and can no longer be canceled")
-		return
-	}
-	if err := a.store.Save(ctx, id, queue.Update{State: queue.StatusCanceled, Reason: queue.ReasonCanceled, CreatedAt: createdAt(info)}); err != nil {
-		a.unavailable(w, err)
-		return
-	}
-	a.m.EmailsFailed.WithLabelValues(queue.ReasonCanceled).Inc()
-	a.writeStatus(ctx, w, id)
-}
-
-func createdAt(info *asynq.TaskInfo) time.Time {
-	if e, err := queue.DecodeEmail(info.Payload); err == nil {
-		return e.CreatedAt
-	}
-	return time.Time{}
-}
-
-func (a *API) taskInfo(w http.ResponseWriter, id string) (*asynq.TaskInfo, bool) {
 	if !validID(id) {
 		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
-		return nil, false
+		return
 	}
-	info, err := a.insp.GetTaskInfo(queue.Name, id)
-	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
+	defer cancel()
+	err := op(ctx, id)
+	var ws *queue.ErrWrongState
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
 		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
-		return nil, false
-	}
-	if err != nil {
+	case errors.As(err, &ws) && ws.Op == "retry":
+		WriteError(w, http.StatusConflict, "not_failed", "id", ws.Error())
+	case errors.As(err, &ws):
+		WriteError(w, http.StatusConflict, "not_cancelable", "id", ws.Error())
+	case err != nil:
 		a.unavailable(w, err)
-		return nil, false
+	default:
+		a.writeStatus(ctx, w, id)
 	}
-	return info, true
 }
 
 func (a *API) writeStatus(ctx context.Context, w http.ResponseWriter, id string) {
@@ -449,23 +414,4 @@ func (a *API) writeStatus(ctx context.Context, w http.ResponseWriter, id string)
 		return
 	}
 	WriteJSON(w, http.StatusOK, st)
-}
-
-func stateName(s asynq.TaskState) string {
-	switch s {
-	case asynq.TaskStatePending:
-		return queue.StatusQueued
-	case asynq.TaskStateActive:
-		return queue.StatusSending
-	case asynq.TaskStateScheduled:
-		return queue.StatusScheduled
-	case asynq.TaskStateRetry:
-		return queue.StatusRetrying
-	case asynq.TaskStateCompleted:
-		return queue.StatusSent
-	case asynq.TaskStateArchived:
-		return queue.StatusFailed
-	default:
-		return strings.ToLower(s.String())
-	}
 }

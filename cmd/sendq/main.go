@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -44,6 +45,10 @@ Usage:
   sendq api      [flags]   intake only
   sendq worker   [flags]   worker only; run as many as you like on one Redis
   sendq healthcheck [flags]  exit 0 if the local process answers /healthz (for container health checks)
+  sendq status ID          print an email's status (reads REDIS_URL)
+  sendq queues             print queue depths
+  sendq retry ID           queue a failed or canceled email again
+  sendq cancel ID          cancel a queued, scheduled or retrying email
   sendq help               this text; 'sendq serve -h' lists every setting
 
 Every setting is an environment variable with a flag twin; see README.md.
@@ -56,7 +61,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	name := args[0]
 	switch name {
-	case "serve", "api", "worker", "healthcheck":
+	case "serve", "api", "worker", "healthcheck", "status", "queues", "retry", "cancel":
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -64,7 +69,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "sendq: unknown command %q\n\n%s", name, usage)
 		return 2
 	}
-	cfg, err := config.Load(name, args[1:], getenv, stderr)
+	flags, ids := splitArgs(args[1:])
+	cfg, err := config.Load(name, flags, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -72,8 +78,15 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "sendq: %v\n", err)
 		return 2
 	}
-	if name == "healthcheck" {
+	switch name {
+	case "healthcheck":
 		return healthcheck(cfg, stderr)
+	case "status", "queues", "retry", "cancel":
+		return operate(name, ids, cfg, stdout, stderr)
+	}
+	if len(ids) > 0 {
+		fmt.Fprintf(stderr, "sendq %s: unexpected argument %q\n", name, ids[0])
+		return 2
 	}
 	log := newLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -84,6 +97,30 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	return 0
 }
+
+// splitArgs separates flags from positional arguments (an email id), so
+// that "sendq status ID -redis-url=…" and "sendq status -redis-url=… ID"
+// both work.
+func splitArgs(args []string) (flags, rest []string) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			return flags, append(rest, args[i+1:]...)
+		case len(a) > 1 && a[0] == '-':
+			flags = append(flags, a)
+			if !strings.Contains(a, "=") && i+1 < len(args) && !isBoolFlag(a) {
+				flags = append(flags, args[i+1])
+				i++
+			}
+		default:
+			rest = append(rest, a)
+		}
+	}
+	return flags, rest
+}
+
+func isBoolFlag(a string) bool { return a == "-h" || a == "-help" || a == "--help" }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/sendq/sendq/internal/config"
+	"github.com/sendq/sendq/queue"
+)
+
+// operate runs the operator commands (status, queues, retry, cancel) against
+// the Redis in REDIS_URL: the same data the API reads.
+func operate(name string, ids []string, cfg *config.Config, stdout, stderr io.Writer) int {
+	if cfg.RedisURL == "" {
+		fmt.Fprintf(stderr, "sendq %s: set REDIS_URL (the embedded Redis lives only inside a running sendq serve)\n", name)
+		return 2
+	}
+	if name != "queues" && len(ids) != 1 {
+		fmt.Fprintf(stderr, "usage: sendq %s [flags] ID\n", name)
+		return 2
+	}
+	rdb, err := queue.NewRedisClient(cfg.RedisURL)
+	if err != nil {
+		fmt.Fprintf(stderr, "sendq %s: %v\n", name, err)
+		return 2
+	}
+	defer rdb.Close()
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	store := queue.NewStore(rdb, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	fail := func(err error) int {
+		if errors.Is(err, queue.ErrNotFound) {
+			fmt.Fprintf(stderr, "sendq %s: no email %s\n", name, ids[0])
+			return 1
+		}
+		fmt.Fprintf(stderr, "sendq %s: %v\n", name, err)
+		return 1
+	}
+	admin := &queue.Admin{Inspector: insp, Store: store}
+	switch name {
+	case "queues":
+		qi, err := insp.GetQueueInfo(queue.Name)
+		if errors.Is(err, asynq.ErrQueueNotFound) {
+			qi, err = &asynq.QueueInfo{Queue: queue.Name}, nil
+		}
+		if err != nil {
+			return fail(err)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "QUEUE\tPENDING\tACTIVE\tSCHEDULED\tRETRY\tFAILED\tSENT(RETAINED)\tOLDEST PENDING\tPAUSED")
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%v\n", qi.Queue, qi.Pending, qi.Active, qi.Scheduled,
+			qi.Retry, qi.Archived, qi.Completed, qi.Latency.Round(time.Millisecond), qi.Paused)
+		_ = tw.Flush()
+		return 0
+	case "retry":
+		if err := admin.Retry(ctx, ids[0]); err != nil {
+			return fail(err)
+		}
+	case "cancel":
+		if err := admin.Cancel(ctx, ids[0]); err != nil {
+			return fail(err)
+		}
+	}
+	st, err := (&queue.Lookup{Inspector: insp, Store: store}).Status(ctx, ids[0])
+	if err != nil {
+		return fail(err)
+	}
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(st)
+	return 0
+}

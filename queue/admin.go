@@ -1,0 +1,109 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
+)
+
+// ErrWrongState is returned by Retry and Cancel when the email is not in a
+// state that allows the operation.
+type ErrWrongState struct {
+	Op     string
+	Status string // the email's status now
+}
+
+func (e *ErrWrongState) Error() string {
+	switch e.Op {
+	case "retry":
+		return fmt.Sprintf("only a failed or canceled email can be retried; this one is %s", e.Status)
+	default:
+		return fmt.Sprintf("only a queued, scheduled or retrying email can be canceled; this one is %s", e.Status)
+	}
+}
+
+// Admin changes an email's course: retry a failed one, cancel a queued one.
+// The API and the CLI share it.
+type Admin struct {
+	Inspector *asynq.Inspector
+	Store     *Store
+}
+
+func (a *Admin) info(id string) (*asynq.TaskInfo, error) {
+	info, err := a.Inspector.GetTaskInfo(Name, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get task: %w", err)
+	}
+	return info, nil
+}
+
+// Retry puts a failed or canceled email back in the queue for one more
+// attempt: recipients already sent are skipped, failed ones are tried again.
+func (a *Admin) Retry(ctx context.Context, id string) error {
+	info, err := a.info(id)
+	if err != nil {
+		return err
+	}
+	if info.State != asynq.TaskStateArchived {
+		return &ErrWrongState{Op: "retry", Status: StateName(info.State)}
+	}
+	if err := a.Store.ResetFailed(ctx, id); err != nil {
+		return err
+	}
+	// RunTask is atomic in Redis: it fails if the task left the archive.
+	if err := a.Inspector.RunTask(Name, id); err != nil {
+		return &ErrWrongState{Op: "retry", Status: "changing"}
+	}
+	return nil
+}
+
+// Cancel stops a queued, scheduled or retrying email. It stays visible as
+// canceled and can be retried.
+func (a *Admin) Cancel(ctx context.Context, id string) error {
+	info, err := a.info(id)
+	if err != nil {
+		return err
+	}
+	switch info.State {
+	case asynq.TaskStatePending, asynq.TaskStateScheduled, asynq.TaskStateRetry:
+	default:
+		return &ErrWrongState{Op: "cancel", Status: StateName(info.State)}
+	}
+	// ArchiveTask is atomic in Redis: if a worker took the task since
+	// GetTaskInfo, it fails and the email is delivered, not canceled.
+	if err := a.Inspector.ArchiveTask(Name, id); err != nil {
+		return &ErrWrongState{Op: "cancel", Status: StatusSending}
+	}
+	var created time.Time
+	if e, err := DecodeEmail(info.Payload); err == nil {
+		created = e.CreatedAt
+	}
+	return a.Store.Save(ctx, id, Update{State: StatusCanceled, Reason: ReasonCanceled, CreatedAt: created})
+}
+
+// StateName maps an asynq task state to the email status it shows as.
+func StateName(s asynq.TaskState) string {
+	switch s {
+	case asynq.TaskStatePending:
+		return StatusQueued
+	case asynq.TaskStateActive:
+		return StatusSending
+	case asynq.TaskStateScheduled:
+		return StatusScheduled
+	case asynq.TaskStateRetry:
+		return StatusRetrying
+	case asynq.TaskStateCompleted:
+		return StatusSent
+	case asynq.TaskStateArchived:
+		return StatusFailed
+	default:
+		return strings.ToLower(s.String())
+	}
+}
