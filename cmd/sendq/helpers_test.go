@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"mime/quotedprintable"
+	"strings"
 	"testing"
 
 	"github.com/sendq/sendq/internal/apitest"
@@ -25,3 +26,5 @@ func checkOpenAPI(t *testing.T, base string, seen []httpResult) {
 		v.Check(t, r.Req, r.ReqBody, r.Resp, r.Body)
 	}
 }
+
+func splitLines(s string) []string { return strings.Split(s, "\n") }
