@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"mime"
 	"path"
-	"sort"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/sendq/sendq/queue"
@@ -56,9 +57,7 @@ func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 	if lim.MaxRecipients <= 0 {
 		lim.MaxRecipients = 100
 	}
-	if !utf8.Valid(body) {
-		return nil, &FieldError{Field: "", Code: "invalid_json", Message: "body is not valid UTF-8"}
-	}
+	// decodeObject refuses invalid UTF-8 in any value, naming the field.
 	fields, err := decodeObject(body, requestFields, "")
 	if err != nil {
 		return nil, err
@@ -203,20 +202,28 @@ func decodeObject(raw []byte, known map[string]string, prefix string) (map[strin
 		}
 		return nil, fieldErr(prefix, "must be a JSON object")
 	}
-	var m map[string]json.RawMessage
+	// Check the syntax; the members are read below.
+	var m struct{}
 	if err := json.Unmarshal(trimmed, &m); err != nil {
 		if prefix == "" {
 			return nil, &FieldError{Code: "invalid_json", Message: "body is not valid JSON: " + err.Error()}
 		}
 		return nil, fieldErr(prefix, "is not a valid JSON object")
 	}
-	out := make(map[string]json.RawMessage, len(m))
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+	// Walk the members in order: decoding into a map would keep only the
+	// last of two members with the same name, silently dropping the first.
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	if _, err := dec.Token(); err != nil {
+		return nil, fieldErr(prefix, "is not a valid JSON object")
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	out := make(map[string]json.RawMessage)
+	for dec.More() {
+		tok, err := dec.Token()
+		k, isKey := tok.(string)
+		var v json.RawMessage
+		if err != nil || !isKey || dec.Decode(&v) != nil {
+			return nil, fieldErr(prefix, "is not a valid JSON object")
+		}
 		name, ok := known[strings.ToLower(k)]
 		field := k
 		if prefix != "" {
@@ -228,9 +235,59 @@ func decodeObject(raw []byte, known map[string]string, prefix string) (map[strin
 		if _, dup := out[name]; dup {
 			return nil, &FieldError{Field: field, Code: "duplicate_field", Message: fmt.Sprintf("field %s is given twice (names match case-insensitively)", name)}
 		}
-		out[name] = m[k]
+		// encoding/json would turn both into U+FFFD without a word.
+		label := name
+		if prefix != "" {
+			label = prefix + "." + name
+		}
+		if !utf8.Valid(v) {
+			return nil, fieldErr(label, "is not valid UTF-8")
+		}
+		if hasLoneSurrogate(v) {
+			return nil, fieldErr(label, "has a \\u escape of half a UTF-16 surrogate pair")
+		}
+		out[name] = v
 	}
 	return out, nil
+}
+
+// hasLoneSurrogate reports a \uD800-\uDFFF escape in JSON text b that is not
+// a high half directly followed by a low half.
+func hasLoneSurrogate(b []byte) bool {
+	hex4 := func(i int) rune {
+		if i+4 > len(b) {
+			return -1
+		}
+		n, err := strconv.ParseUint(string(b[i:i+4]), 16, 16)
+		if err != nil {
+			return -1
+		}
+		return rune(n)
+	}
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		i++ // the escaped byte, so that \\u is skipped whole
+		if i >= len(b) || b[i] != 'u' {
+			continue
+		}
+		r := hex4(i + 1)
+		if !utf16.IsSurrogate(r) {
+			continue
+		}
+		if r >= 0xdc00 {
+			return true
+		}
+		if i+6 >= len(b) || b[i+5] != '\\' || b[i+6] != 'u' {
+			return true
+		}
+		if lo := hex4(i + 7); lo < 0xdc00 || lo > 0xdfff {
+			return true
+		}
+		i += 10
+	}
+	return false
 }
 
 func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }
@@ -351,9 +408,11 @@ func decodeAttachment(raw []byte, label string) (queue.Attachment, error) {
 	if strings.TrimSpace(a.FileName) == "" {
 		return a, &FieldError{Field: label + ".FileName", Code: "missing_field", Message: "FileName is required"}
 	}
-	if hasControl(a.FileName) || strings.ContainsAny(a.FileName, `/\`) || a.FileName == "." || a.FileName == ".." ||
+	// go-mail writes " : < > ? | as '_', so they are refused rather than
+	// silently changed.
+	if hasControl(a.FileName) || strings.ContainsAny(a.FileName, `/\":<>?|`) || a.FileName == "." || a.FileName == ".." ||
 		path.Base(a.FileName) != a.FileName || len(a.FileName) > 255 {
-		return a, fieldErr(label+".FileName", "must be a plain file name without path separators or control characters")
+		return a, fieldErr(label+".FileName", `must be a plain file name without path separators, control characters or any of " : < > ? |`)
 	}
 	if a.ContentType, err = get("ContentType"); err != nil {
 		return a, err

@@ -96,4 +96,3 @@ func startOn(t testing.TB, port int, extra ...string) *Server {
 	t.Cleanup(s.Stop)
 	return s
 }
-
