@@ -53,6 +53,8 @@ type Metrics struct {
 	Attempts       *prometheus.CounterVec // outcome
 	AttemptsPerMsg prometheus.Histogram
 	IdemReplays    prometheus.Counter
+	RateLimited    *prometheus.CounterVec // scope: intake, relay
+	RelayThrottles prometheus.Counter
 
 	HTTPRequests *prometheus.CounterVec   // route, code
 	HTTPDuration *prometheus.HistogramVec // route
@@ -100,6 +102,10 @@ func New(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
 		Help: "Attempts an email took until it was finished.", Buckets: []float64{1, 2, 3, 5, 8, 13, 20, 40}})
 	m.IdemReplays = f.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "idempotent_replays_total",
 		Help: "Requests answered from an earlier request with the same Idempotency-Key."})
+	m.RateLimited = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "rate_limited_total",
+		Help: "Requests refused (intake, 429) or sends delayed (relay) by a rate limit."}, []string{"scope"})
+	m.RelayThrottles = f.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "smtp_throttle_replies_total",
+		Help: "Replies from the relay asking sendq to slow down (421, or 45x with 4.7.x)."})
 	m.HTTPRequests = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "http_requests_total",
 		Help: "HTTP requests by route and status code."}, []string{"route", "code"})
 	m.HTTPDuration = f.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: "http_request_duration_seconds",
@@ -133,6 +139,8 @@ func New(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
 	for _, o := range []string{OutcomeSent, OutcomeRetry, OutcomeFailed, OutcomeAborted} {
 		m.Attempts.WithLabelValues(o)
 	}
+	m.RateLimited.WithLabelValues("intake")
+	m.RateLimited.WithLabelValues("relay")
 	for _, c := range ReplyClasses {
 		m.SMTPReplies.WithLabelValues(c)
 	}
@@ -220,36 +228,28 @@ func (c *QueueCollector) queueInfo(q string) (*asynq.QueueInfo, error) {
 	// The Inspector has no context: bound the scrape by a timer instead.
 	// The goroutine ends when GetQueueInfo returns (Redis timeouts bound it).
 	go func() {
-		info, err := c.insp.GetQueueInfo(q)
-		done <- result{info, err}
+		// A queue nobody enqueued to yet is empty, not an error: asynq
+		// reports it with an internal error type, so ask for the list.
+		qs, err := c.insp.Queues()
+		if err != nil {
+			done <- result{nil, err}
+			return
+		}
+		for _, name := range qs {
+			if name == q {
+				info, err := c.insp.GetQueueInfo(q)
+				done <- result{info, err}
+				return
+			}
+		}
+		done <- result{&asynq.QueueInfo{Queue: q}, nil}
 	}()
 	select {
 	case r := <-done:
-		if r.err != nil {
-			// A queue nobody enqueued to yet is empty, not an error.
-			if isQueueNotFound(r.err) {
-				return &asynq.QueueInfo{Queue: q}, nil
-			}
-			return nil, r.err
-		}
-		return r.info, nil
+		return r.info, r.err
 	case <-time.After(c.timeout):
 		return nil, context.DeadlineExceeded
 	}
-}
-
-func isQueueNotFound(err error) bool {
-	for e := err; e != nil; {
-		if e == asynq.ErrQueueNotFound {
-			return true
-		}
-		u, ok := e.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		e = u.Unwrap()
-	}
-	return false
 }
 
 func buildVersion() (version, revision string) {

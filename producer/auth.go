@@ -82,16 +82,21 @@ func allowed(list []string, addr string) bool {
 	return false
 }
 
-// authenticate finds the key presented as "Authorization: Bearer KEY". It
-// compares fixed-length SHA-256 digests in constant time, and looks at
-// every key, so timing reveals neither the key nor which one matched.
+// authenticate finds the key presented as "Authorization: Bearer KEY".
 func authenticate(keys []APIKey, r *http.Request) (*APIKey, bool) {
 	h := r.Header.Get("Authorization")
 	scheme, token, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		return nil, false
 	}
-	d := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return MatchKey(keys, strings.TrimSpace(token))
+}
+
+// MatchKey finds token among keys. It compares fixed-length SHA-256
+// digests in constant time and looks at every key, so timing reveals
+// neither the key nor which one matched.
+func MatchKey(keys []APIKey, token string) (*APIKey, bool) {
+	d := sha256.Sum256([]byte(token))
 	var found *APIKey
 	for i := range keys {
 		if subtle.ConstantTimeCompare(d[:], keys[i].digest[:]) == 1 {
@@ -99,4 +104,12 @@ func authenticate(keys []APIKey, r *http.Request) (*APIKey, bool) {
 		}
 	}
 	return found, found != nil
+}
+
+// KeyChecker returns a function that reports whether a key is one of keys.
+func KeyChecker(keys []APIKey) func(string) bool {
+	return func(token string) bool {
+		_, ok := MatchKey(keys, token)
+		return ok
+	}
 }

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/google/uuid"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -45,6 +47,9 @@ type Config struct {
 	// RedisTimeout bounds every Redis call of a request, so a dead Redis
 	// is a quick 503. If zero, 3s.
 	RedisTimeout time.Duration
+	// RatePerKey limits POST /v1/emails per API key, across every API
+	// process (GCRA in Redis). Zero: no limit.
+	RatePerKey redis_rate.Limit
 	// Logger; if nil, slog.Default().
 	Logger *slog.Logger
 	// Metrics; required.
@@ -60,6 +65,7 @@ type API struct {
 	admin *queue.Admin
 	store *queue.Store
 	idem  *idempotency
+	rate  *redis_rate.Limiter
 	log   *slog.Logger
 	m     *metrics.Metrics
 	now   func() time.Time
@@ -93,7 +99,8 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 		cfg: cfg, enq: enq, insp: insp, store: store,
 		look:  &queue.Lookup{Inspector: insp, Store: store},
 		admin: &queue.Admin{Inspector: insp, Store: store},
-		idem:  &idempotency{rdb: rdb}, log: cfg.Logger, m: cfg.Metrics, now: time.Now,
+		idem:  &idempotency{rdb: rdb}, rate: redis_rate.NewLimiter(rdb),
+		log: cfg.Logger, m: cfg.Metrics, now: time.Now,
 	}, nil
 }
 
@@ -174,6 +181,20 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
+	if !a.cfg.RatePerKey.IsZero() {
+		res, err := a.rate.Allow(ctx, queue.IntakeRateKey(key.ID), a.cfg.RatePerKey)
+		if err != nil {
+			a.unavailable(w, err)
+			return
+		}
+		if res.Allowed == 0 {
+			a.m.RateLimited.WithLabelValues("intake").Inc()
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(res.RetryAfter.Seconds()))))
+			WriteError(w, http.StatusTooManyRequests, "rate_limited", "Authorization",
+				fmt.Sprintf("this API key may send %s; retry after %s", a.cfg.RatePerKey, res.RetryAfter.Round(time.Millisecond)))
+			return
+		}
+	}
 	idemKey := r.Header.Get("Idempotency-Key")
 	var claimed *idemRecord
 	if idemKey != "" {
@@ -324,16 +345,16 @@ func (a *API) list(w http.ResponseWriter, r *http.Request, _ *APIKey) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
 	out := List{Emails: []*queue.EmailStatus{}, Status: status, Page: page, PageSize: size}
-	qi, err := a.insp.GetQueueInfo(queue.Name)
-	if errors.Is(err, asynq.ErrQueueNotFound) {
-		WriteJSON(w, http.StatusOK, out)
-		return
-	}
+	qi, err := queue.QueueInfo(a.insp)
 	if err != nil {
 		a.unavailable(w, err)
 		return
 	}
 	out.Total = count(qi)
+	if out.Total == 0 {
+		WriteJSON(w, http.StatusOK, out)
+		return
+	}
 	infos, err := fn(queue.Name, asynq.Page(page), asynq.PageSize(size))
 	if err != nil {
 		a.unavailable(w, err)

@@ -304,3 +304,37 @@ func TestConcurrentIntake(t *testing.T) {
 		t.Errorf("pending = %v (%v); want 50", qi, err)
 	}
 }
+
+func TestRateLimitPerKey(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, func(c *producer.Config) {
+		keys, _ := producer.ParseAPIKeys("key-one-111,key-two-222")
+		c.Keys = keys
+		c.RatePerKey, _ = queue.ParseRate("2/m")
+	})
+	one := map[string]string{"Authorization": "Bearer key-one-111"}
+	for i := 0; i < 2; i++ {
+		if r := b.do(t, "POST", "/v1/emails", seedBody, one); r.code != 202 {
+			t.Fatalf("request %d = %d; want 202", i, r.code)
+		}
+	}
+	r := b.do(t, "POST", "/v1/emails", seedBody, one)
+	if code, field := errField(r); r.code != 429 || code != "rate_limited" || field != "Authorization" || r.header.Get("Retry-After") == "" {
+		t.Errorf("third request = %d %s Retry-After %q; want 429 rate_limited with Retry-After", r.code, r.raw, r.header.Get("Retry-After"))
+	}
+	if r := b.do(t, "POST", "/v1/emails", seedBody, map[string]string{"Authorization": "Bearer key-two-222"}); r.code != 202 {
+		t.Errorf("another key = %d; want 202 (limits are per key)", r.code)
+	}
+	if got := testutil.ToFloat64(b.m.RateLimited.WithLabelValues("intake")); got != 1 {
+		t.Errorf("rate_limited_total{scope=intake} = %v; want 1", got)
+	}
+}
+
+func TestEmptyListOnAFreshRedis(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, nil)
+	r := b.do(t, "GET", "/v1/emails?status=failed", "", nil)
+	if r.code != 200 || r.body["total"] != float64(0) {
+		t.Errorf("GET list on a fresh Redis = %d %s; want 200 with total 0", r.code, r.raw)
+	}
+}

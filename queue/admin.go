@@ -107,3 +107,19 @@ func StateName(s asynq.TaskState) string {
 		return strings.ToLower(s.String())
 	}
 }
+
+// QueueInfo returns the email queue's counts. A queue nobody has used yet
+// is empty, not an error (asynq reports it with an internal error type that
+// does not match asynq.ErrQueueNotFound).
+func QueueInfo(insp *asynq.Inspector) (*asynq.QueueInfo, error) {
+	qs, err := insp.Queues()
+	if err != nil {
+		return nil, fmt.Errorf("list queues: %w", err)
+	}
+	for _, q := range qs {
+		if q == Name {
+			return insp.GetQueueInfo(Name)
+		}
+	}
+	return &asynq.QueueInfo{Queue: Name}, nil
+}

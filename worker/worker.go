@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
@@ -40,6 +42,10 @@ type Config struct {
 	// how often due retries are moved to the queue. If zero, 1s for
 	// retries (asynq's default is 5s) and 200ms for new tasks.
 	PollInterval time.Duration
+	// SMTPRate limits SMTP transactions to the relay across every worker
+	// process (GCRA in Redis), like an SES account's send rate. Zero: no
+	// limit.
+	SMTPRate redis_rate.Limit
 	// Store keeps delivery records. Required.
 	Store *queue.Store
 	// Logger; if nil, slog.Default().
@@ -98,7 +104,16 @@ type Worker struct {
 	pool *Pool
 	srv  *asynq.Server
 	now  func() time.Time
+
+	limiter *redis_rate.Limiter
+	// Throttling replies from the relay pause this process' sends: until
+	// pausedUntil (unix nanoseconds), for a cooldown that doubles while
+	// the relay keeps throttling, up to maxCooldown.
+	pausedUntil atomic.Int64
+	cooldown    atomic.Int64
 }
+
+const maxCooldown = 30 * time.Second
 
 // New returns a Worker on rdb. Call Start to begin and Shutdown to stop.
 func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
@@ -109,7 +124,8 @@ func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, pool: pool, now: time.Now}
+	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, pool: pool, now: time.Now,
+		limiter: redis_rate.NewLimiter(rdb)}
 	delayed := time.Second
 	poll := 200 * time.Millisecond
 	if cfg.PollInterval > 0 {
@@ -343,6 +359,10 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) 
 	env := Envelope{From: e.EnvelopeFrom(), To: pending, DSN: e.DeliveryReceipt}
 	var res *TxResult
 	for try := 0; try < 2; try++ {
+		if err := w.waitTurn(ctx); err != nil {
+			res = (&TxResult{Rcpt: map[string]error{}}).failAll(pending, err, false)
+			break
+		}
 		conn, err := w.pool.Get(ctx)
 		if err != nil {
 			res = (&TxResult{Rcpt: map[string]error{}}).failAll(pending, err, true)
@@ -377,5 +397,63 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) 
 		}
 		out[r] = queue.RecipientResult{Status: st, Reply: reply, UpdatedAt: now}
 	}
+	if throttle {
+		w.throttled()
+	} else if res.Delivered {
+		w.cooldown.Store(0)
+	}
 	return out, last, throttle, nil
+}
+
+// waitTurn blocks until this process may open a transaction: after any
+// cooldown a throttling relay imposed, and within the shared relay rate.
+func (w *Worker) waitTurn(ctx context.Context) error {
+	if d := time.Duration(w.pausedUntil.Load() - w.now().UnixNano()); d > 0 {
+		if err := sleepCtx(ctx, d); err != nil {
+			return fmt.Errorf("relay cooldown: %w", err)
+		}
+	}
+	if w.cfg.SMTPRate.IsZero() {
+		return nil
+	}
+	key := queue.RelayRateKey(w.cfg.Relay.Addr())
+	for {
+		res, err := w.limiter.Allow(ctx, key, w.cfg.SMTPRate)
+		if err != nil {
+			return fmt.Errorf("relay rate limit: %w", err)
+		}
+		if res.Allowed > 0 {
+			return nil
+		}
+		w.m.RateLimited.WithLabelValues("relay").Inc()
+		if err := sleepCtx(ctx, res.RetryAfter); err != nil {
+			return fmt.Errorf("relay rate limit: %w", err)
+		}
+	}
+}
+
+// throttled starts or lengthens the cooldown after a throttling reply.
+func (w *Worker) throttled() {
+	w.m.RelayThrottles.Inc()
+	d := 2 * time.Duration(w.cooldown.Load())
+	if d < time.Second {
+		d = time.Second
+	}
+	if d > maxCooldown {
+		d = maxCooldown
+	}
+	w.cooldown.Store(int64(d))
+	w.pausedUntil.Store(w.now().Add(d).UnixNano())
+	w.log.Warn("relay is throttling: pausing sends", "cooldown", d)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -571,3 +571,87 @@ func TestPoolCapsConnectionsAndReusesThem(t *testing.T) {
 		t.Errorf("server got %d messages; want %d", got, n)
 	}
 }
+
+// Two worker processes share one relay limit through Redis: in any one
+// second the relay never sees more than the limit allows (burst included).
+func TestRelayRateIsSharedAcrossWorkers(t *testing.T) {
+	t.Parallel()
+	limit, _ := queue.ParseRate("10/s")
+	var mu sync.Mutex
+	var arrivals []time.Time
+	b := setup(t, setupOpts{
+		smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{Data: func(*smtptest.Session, []byte) error {
+			mu.Lock()
+			arrivals = append(arrivals, time.Now())
+			mu.Unlock()
+			return nil
+		}})},
+		cfg: func(c *worker.Config) { c.SMTPRate = limit },
+	})
+	// A second worker on the same Redis and relay.
+	relay, _ := worker.ParseRelay("smtp://" + b.smtp.Addr + "?tls=none")
+	reg := prometheus.NewRegistry()
+	w2, err := worker.New(b.rdb, worker.Config{Relay: relay, Store: b.store, Metrics: metrics.New(reg, reg),
+		SMTPRate: limit, PollInterval: 50 * time.Millisecond, Pool: worker.PoolConfig{Size: 4, CommandTimeout: 2 * time.Second},
+		Logger: slog.New(slog.NewTextHandler(b.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w2.Shutdown)
+	var ids []string
+	for i := 0; i < 25; i++ {
+		e := newEmail(fmt.Sprintf("r%d@example.com", i))
+		ids = append(ids, e.ID)
+		b.enqueue(t, e, 3)
+	}
+	for _, id := range ids {
+		b.waitFinal(t, id)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// GCRA with rate 10/s and burst 10: any window of one second holds at
+	// most 10 (burst) + 10 (refill) sends.
+	for i := range arrivals {
+		n := 0
+		for _, a := range arrivals[i:] {
+			if a.Sub(arrivals[i]) < time.Second {
+				n++
+			}
+		}
+		if n > 20 {
+			t.Fatalf("%d sends within one second; the shared limit allows 20", n)
+		}
+	}
+	limited := testutil.ToFloat64(b.m.RateLimited.WithLabelValues("relay"))
+	if limited == 0 {
+		t.Errorf("rate_limited_total{scope=relay} = 0; 25 emails at 10/s must have waited")
+	}
+}
+
+func TestThrottlingReplyPausesSends(t *testing.T) {
+	t.Parallel()
+	var once atomic.Bool
+	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+		Rcpt: func(*smtptest.Session, string) error {
+			if once.CompareAndSwap(false, true) {
+				return smtpErr(451, smtp.EnhancedCode{4, 7, 1}, "slow down")
+			}
+			return nil
+		},
+	})}})
+	e := newEmail("a@example.com")
+	b.enqueue(t, e, 5)
+	st := b.waitFinal(t, e.ID)
+	if st.Status != queue.StatusSent || st.Attempts != 2 {
+		t.Errorf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
+	}
+	if got := testutil.ToFloat64(b.m.RelayThrottles); got != 1 {
+		t.Errorf("smtp_throttle_replies_total = %v; want 1", got)
+	}
+	if !strings.Contains(b.logs.String(), "relay is throttling") {
+		t.Errorf("no log line about the throttling relay")
+	}
+}

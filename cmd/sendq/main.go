@@ -30,6 +30,7 @@ import (
 
 	"github.com/sendq/sendq/internal/config"
 	"github.com/sendq/sendq/internal/outbox"
+	"github.com/sendq/sendq/internal/ui"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
@@ -201,12 +202,19 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Keys: keys, AllowedFrom: allow,
 			Limits:       producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom},
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
-			Logger: log, Metrics: m,
+			RatePerKey: cfg.RatePerKey,
+			Logger:     log, Metrics: m,
 		})
 		if err != nil {
 			return err
 		}
 		api.Register(mux)
+		// The asynq web UI, read-only, behind the same API keys.
+		console, err := ui.New(rdb, ui.Options{CheckKey: producer.KeyChecker(keys), Anonymous: len(keys) == 0})
+		if err != nil {
+			return err
+		}
+		mux.Handle(ui.Path, console) // asynqmon's own API lives under it too
 	}
 
 	var w *worker.Worker
@@ -235,7 +243,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Pool: worker.PoolConfig{Size: cfg.PoolSize, IdleTimeout: cfg.IdleTimeout, MaxConnAge: cfg.MaxConnAge,
 				CommandTimeout: cfg.SMTPTimeout},
 			Concurrency: cfg.Concurrency, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
-			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout,
+			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
 			Store: store, Logger: log, Metrics: m,
 		})
 		if err != nil {

@@ -48,10 +48,7 @@ func operate(name string, ids []string, cfg *config.Config, stdout, stderr io.Wr
 	admin := &queue.Admin{Inspector: insp, Store: store}
 	switch name {
 	case "queues":
-		qi, err := insp.GetQueueInfo(queue.Name)
-		if errors.Is(err, asynq.ErrQueueNotFound) {
-			qi, err = &asynq.QueueInfo{Queue: queue.Name}, nil
-		}
+		qi, err := queue.QueueInfo(insp)
 		if err != nil {
 			return fail(err)
 		}

@@ -11,6 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+
+	"github.com/sendq/sendq/queue"
 )
 
 // Config is everything sendq reads from its environment and flags.
@@ -34,6 +38,8 @@ type Config struct {
 	MaxAge          time.Duration
 	ShutdownTimeout time.Duration
 	Retention       time.Duration
+	RatePerKey      redis_rate.Limit
+	SMTPRate        redis_rate.Limit
 	OutboxDir       string
 	LogFormat       string
 	LogLevel        string
@@ -69,6 +75,17 @@ func duration(name string, dst func(*Config) *time.Duration) func(*Config, strin
 			return fmt.Errorf("%s=%q must be a positive duration such as 30s or 1h", name, v)
 		}
 		*dst(c) = d
+		return nil
+	}
+}
+
+func rate(name string, dst func(*Config) *redis_rate.Limit) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		l, err := queue.ParseRate(v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		*dst(c) = l
 		return nil
 	}
 }
@@ -120,6 +137,10 @@ var settings = []Setting{
 		set: duration("SENDQ_SHUTDOWN_TIMEOUT", func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 	{Env: "SENDQ_RETENTION", Flag: "retention", Def: "24h", Help: "how long a sent email stays visible in the status API",
 		set: duration("SENDQ_RETENTION", func(c *Config) *time.Duration { return &c.Retention })},
+	{Env: "SENDQ_RATE_PER_KEY", Flag: "rate-per-key", Help: "intake limit per API key across all API processes, e.g. 100/s or 6000/m; over it: 429 with Retry-After; unset: none",
+		set: rate("SENDQ_RATE_PER_KEY", func(c *Config) *redis_rate.Limit { return &c.RatePerKey })},
+	{Env: "SENDQ_SMTP_RATE", Flag: "smtp-rate", Help: "SMTP transactions per period to the relay across all worker processes, e.g. 14/s; unset: none",
+		set: rate("SENDQ_SMTP_RATE", func(c *Config) *redis_rate.Limit { return &c.SMTPRate })},
 	{Env: "SENDQ_OUTBOX_DIR", Flag: "outbox-dir", Def: "./sendq-outbox", Help: "where the embedded SMTP server writes .eml files",
 		set: str(func(c *Config) *string { return &c.OutboxDir })},
 	{Env: "SENDQ_LOG_FORMAT", Flag: "log-format", Def: "text", Help: "text or json",

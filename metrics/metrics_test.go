@@ -1,0 +1,65 @@
+package metrics_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/sendq/sendq/internal/redistest"
+	"github.com/sendq/sendq/metrics"
+)
+
+func TestQueueCollectorOnAFreshAndAFilledRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := rs.Client(t)
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	c := metrics.NewQueueCollector(insp, "emails")
+	want := `
+# HELP sendq_redis_up 1 if Redis answered the last queue scrape.
+# TYPE sendq_redis_up gauge
+sendq_redis_up 1
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "sendq_redis_up"); err != nil {
+		t.Errorf("fresh Redis: %v", err)
+	}
+	if n := testutil.CollectAndCount(c, "sendq_queue_tasks"); n != 6 {
+		t.Errorf("fresh Redis: %d sendq_queue_tasks series; want 6 (every state, at 0)", n)
+	}
+	client := asynq.NewClientFromRedisClient(rdb)
+	for i := 0; i < 3; i++ {
+		if _, err := client.Enqueue(asynq.NewTask("email:send", nil), asynq.Queue("emails")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	got, err := testutil.GatherAndCount(reg, "sendq_queue_tasks")
+	if err != nil || got != 6 {
+		t.Fatalf("GatherAndCount = %d, %v", got, err)
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == "sendq_queue_tasks" && labelValue(m.GetLabel(), "state") == "pending" && m.GetGauge().GetValue() != 3 {
+				t.Errorf("pending = %v; want 3", m.GetGauge().GetValue())
+			}
+		}
+	}
+	rs.Stop()
+	if err := testutil.CollectAndCompare(c, strings.NewReader(strings.Replace(want, "\nsendq_redis_up 1\n", "\nsendq_redis_up 0\n", 1)), "sendq_redis_up"); err != nil {
+		t.Errorf("Redis down: %v", err)
+	}
+}
+
+func labelValue(pairs []*dto.LabelPair, name string) string {
+	for _, p := range pairs {
+		if p.GetName() == name {
+			return p.GetValue()
+		}
+	}
+	return ""
+}
