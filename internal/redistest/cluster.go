@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -26,11 +27,13 @@ func (c *Cluster) URL() string { return "redis-cluster://" + strings.Join(c.Addr
 // is missing and SENDQ_TEST_REQUIRE_REDIS is unset.
 func StartCluster(t testing.TB, masters int) *Cluster {
 	t.Helper()
-	if _, err := exec.LookPath("redis-cli"); err != nil {
-		t.Skip("redis-cli not found: the cluster test needs real redis-server and redis-cli binaries")
-	}
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server not found")
+	for _, bin := range []string{"redis-server", "redis-cli"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			if os.Getenv("SENDQ_TEST_REQUIRE_REDIS") != "" {
+				t.Fatalf("%s not found and SENDQ_TEST_REQUIRE_REDIS is set", bin)
+			}
+			t.Skipf("%s not found: the cluster test needs real redis-server and redis-cli binaries", bin)
+		}
 	}
 	c := &Cluster{}
 	for i := 0; i < masters; i++ {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs from Debian's packages when it is
+# missing: redis-server and redis-cli (the tests start their own private
+# servers and a 3-node cluster on free loopback ports; they never use a
+# Redis that is already running) and chromium (the web UI test).
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing from Debian's packages: ${need[*]}" >&2
+SUDO=""
+if [ "$(id -u)" != "0" ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "missing ${need[*]} and this user cannot install them: apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v chromium >/dev/null
