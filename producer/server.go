@@ -166,8 +166,12 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		if f.addr == "" {
 			continue
 		}
-		if !allowed(a.cfg.AllowedFrom, f.addr) || !allowed(key.AllowedFrom, f.addr) {
-			WriteError(w, http.StatusForbidden, "sender_not_allowed", f.field, fmt.Sprintf("%s may not send as %s", "this API key", f.addr))
+		if !allowed(a.cfg.AllowedFrom, f.addr) {
+			WriteError(w, http.StatusForbidden, "sender_not_allowed", f.field, fmt.Sprintf("%s is not an allowed sender (SENDQ_ALLOWED_FROM)", f.addr))
+			return
+		}
+		if !allowed(key.AllowedFrom, f.addr) {
+			WriteError(w, http.StatusForbidden, "sender_not_allowed", f.field, fmt.Sprintf("this API key may not send as %s", f.addr))
 			return
 		}
 	}
