@@ -1,0 +1,93 @@
+package config
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestDefaults(t *testing.T) {
+	c, err := Load("serve", nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != ":8080" || c.PoolSize != 10 || c.Concurrency != 20 || c.MaxAttempts != 20 ||
+		c.RetryBase != 30*time.Second || c.RetryMax != time.Hour || c.MaxAge != 72*time.Hour ||
+		c.ShutdownTimeout != 25*time.Second || c.MaxMessageBytes != 26214400 || c.MaxRecipients != 100 ||
+		c.IdleTimeout != 30*time.Second || c.MaxConnAge != 5*time.Minute || c.Retention != 24*time.Hour {
+		t.Errorf("defaults = %+v", c)
+	}
+	if c.RedisURL != "" || c.SMTPURL != "" || !c.RatePerKey.IsZero() {
+		t.Errorf("REDIS_URL, SENDQ_SMTP_URL and rates must default to unset: %+v", c)
+	}
+}
+
+func TestEnvAndFlags(t *testing.T) {
+	e := env(map[string]string{"SENDQ_SMTP_POOL_SIZE": "4", "SENDQ_HTTP_ADDR": ":9000", "SENDQ_RATE_PER_KEY": "100/s"})
+	c, err := Load("serve", []string{"-http-addr", "127.0.0.1:9999"}, e, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PoolSize != 4 || c.Concurrency != 8 {
+		t.Errorf("pool %d concurrency %d; want 4 and 2x4 from the env", c.PoolSize, c.Concurrency)
+	}
+	if c.HTTPAddr != "127.0.0.1:9999" {
+		t.Errorf("HTTPAddr = %q; the flag must win over the env", c.HTTPAddr)
+	}
+	if c.RatePerKey.Rate != 100 || c.RatePerKey.Period != time.Second {
+		t.Errorf("RatePerKey = %v", c.RatePerKey)
+	}
+}
+
+func TestInvalidValuesNameTheVariable(t *testing.T) {
+	tests := []struct{ env, value string }{
+		{"SENDQ_SMTP_POOL_SIZE", "0"},
+		{"SENDQ_MAX_ATTEMPTS", "many"},
+		{"SENDQ_RETRY_BASE_DELAY", "soon"},
+		{"SENDQ_LOG_FORMAT", "xml"},
+		{"SENDQ_RATE_PER_KEY", "fast"},
+		{"SENDQ_SMTP_TIMEOUT", "30s"}, // not below the 25s shutdown timeout
+		{"SENDQ_RETRY_MAX_DELAY", "1s"},
+	}
+	for _, tt := range tests {
+		_, err := Load("serve", nil, env(map[string]string{tt.env: tt.value}), &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tt.env) {
+			t.Errorf("Load(%s=%q) = %v; want an error naming %s", tt.env, tt.value, err, tt.env)
+		}
+	}
+}
+
+func TestUsageHidesSecrets(t *testing.T) {
+	var out bytes.Buffer
+	_, err := Load("serve", []string{"-h"}, env(map[string]string{
+		"REDIS_URL": "redis://:hunter2@r:6379", "SENDQ_SMTP_URL": "smtp://u:hunter3@h", "SENDQ_API_KEYS": "hunter4-key",
+	}), &out)
+	if err == nil {
+		t.Fatal("-h returned no error")
+	}
+	for _, s := range []string{"hunter2", "hunter3", "hunter4"} {
+		if strings.Contains(out.String(), s) {
+			t.Errorf("usage shows the secret %q", s)
+		}
+	}
+	for _, s := range Settings() {
+		if !strings.Contains(out.String(), s.Env) {
+			t.Errorf("usage does not name %s", s.Env)
+		}
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	f.Add("SENDQ_SMTP_POOL_SIZE", "10")
+	f.Add("SENDQ_RATE_PER_KEY", "100/s")
+	f.Add("SENDQ_MAX_AGE", "-1h")
+	f.Fuzz(func(t *testing.T, name, value string) {
+		c, err := Load("serve", nil, env(map[string]string{name: value}), &bytes.Buffer{})
+		if err == nil && (c.PoolSize < 1 || c.MaxAttempts < 1 || c.SMTPTimeout >= c.ShutdownTimeout) {
+			t.Errorf("Load(%s=%q) accepted an invalid configuration: %+v", name, value, c)
+		}
+	})
+}
