@@ -228,63 +228,56 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		pending = append(pending, r)
 	}
 
+	// reason is why recipients failed in this attempt, if any did.
+	reason := queue.ReasonPermanent
 	results := map[string]queue.RecipientResult{}
 	var lastReply queue.Reply
 	var throttle bool
-	if len(pending) > 0 {
-		if age := start.Sub(e.CreatedAt); age > w.cfg.MaxAge {
-			for _, r := range pending {
-				results[r] = queue.RecipientResult{Status: queue.RecipientFailed, UpdatedAt: start,
-					Reply: queue.Reply{Message: fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge)}}
-			}
-			lastReply = results[pending[0]].Reply
-		} else {
-			results, lastReply, throttle, err = w.deliver(ctx, e, pending)
-			if err != nil {
-				// The message could not be built: nothing will fix that.
-				for _, r := range pending {
-					results[r] = queue.RecipientResult{Status: queue.RecipientFailed, UpdatedAt: start,
-						Reply: queue.Reply{Message: oneLine(err.Error())}}
-				}
-				lastReply = queue.Reply{Message: oneLine(err.Error())}
-			}
+	failAll := func(why string, msg string) {
+		reason, lastReply = why, queue.Reply{Message: msg}
+		for _, r := range pending {
+			results[r] = queue.RecipientResult{Status: queue.RecipientFailed, UpdatedAt: start, Reply: lastReply}
+		}
+	}
+	switch {
+	case len(pending) == 0:
+	case start.Sub(e.CreatedAt) > w.cfg.MaxAge:
+		failAll(queue.ReasonExpired, fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge))
+	default:
+		var buildErr error
+		results, lastReply, throttle, buildErr = w.deliver(ctx, e, pending)
+		if buildErr != nil {
+			// The message could not be built: nothing will fix that.
+			failAll(queue.ReasonInvalid, oneLine(buildErr.Error()))
 		}
 	}
 
-	// Settle: merge this attempt's results into the record's.
+	// Settle every recipient: this attempt's result, or an earlier one's.
+	// A deferred recipient with no attempt left, or whose next attempt
+	// would come after the maximum age, fails now.
 	var nSent, nDeferred, nFailed int
-	all := map[string]queue.RecipientResult{}
-	for k, v := range rec.Recipients {
-		all[k] = v
-	}
-	for k, v := range results {
-		all[k] = v
-	}
-	reason := ""
+	expiresBeforeRetry := start.Add(w.retryDelay(retried, nil, nil)).Sub(e.CreatedAt) > w.cfg.MaxAge
 	for _, r := range e.Recipients() {
-		st := all[r]
+		st, ok := results[r]
+		if !ok {
+			st = rec.Recipients[r]
+		}
+		if st.Status == queue.RecipientDeferred && (lastTry || expiresBeforeRetry) {
+			st.Status = queue.RecipientFailed
+			results[r] = st
+			reason = queue.ReasonTransient
+			if !lastTry {
+				reason = queue.ReasonExpired
+			}
+		}
 		switch st.Status {
 		case queue.RecipientSent:
 			nSent++
 		case queue.RecipientDeferred:
-			if lastTry || start.Add(w.retryDelay(retried, nil, nil)).Sub(e.CreatedAt) > w.cfg.MaxAge {
-				st.Status = queue.RecipientFailed
-				results[r] = st
-				all[r] = st
-				reason = queue.ReasonTransient
-				if !lastTry {
-					reason = queue.ReasonExpired
-				}
-				nFailed++
-				continue
-			}
 			nDeferred++
 		case queue.RecipientFailed:
 			nFailed++
 		}
-	}
-	if reason == "" {
-		reason = failureReason(all, err)
 	}
 	for _, r := range results {
 		switch r.Status {
@@ -314,7 +307,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// The record is written before the task is acknowledged: a crash after
 	// this line and before asynq's ack redelivers the task, and the
 	// recipients recorded here are skipped.
-	if err := w.cfg.Store.Save(context.WithoutCancel(ctx), e.ID, u); err != nil {
+	if err := w.save(ctx, e.ID, u); err != nil {
 		w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
 		log.Error("record delivery results", "err", err)
 		return err
@@ -336,16 +329,22 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	return ret
 }
 
-func failureReason(all map[string]queue.RecipientResult, buildErr error) string {
-	if buildErr != nil {
-		return queue.ReasonInvalid
-	}
-	for _, r := range all {
-		if r.Status == queue.RecipientFailed && strings.HasPrefix(r.Reply.Message, "expired") {
-			return queue.ReasonExpired
+// save writes the attempt's results, trying again for a few seconds when
+// Redis fails: a recipient accepted by the relay but not recorded would get
+// a second copy on the next attempt. It keeps going after ctx is canceled
+// (a shutdown must not drop what the relay already accepted).
+func (w *Worker) save(ctx context.Context, id string, u queue.Update) error {
+	ctx = context.WithoutCancel(ctx)
+	var err error
+	delay := 100 * time.Millisecond
+	for try := 0; try < 6; try++ {
+		if err = w.cfg.Store.Save(ctx, id, u); err == nil {
+			return nil
 		}
+		time.Sleep(delay)
+		delay *= 2
 	}
-	return queue.ReasonPermanent
+	return err
 }
 
 // deliver sends e to the pending recipients and judges each one. A
