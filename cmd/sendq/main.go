@@ -210,7 +210,14 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		}
 		api.Register(mux)
 		// The asynq web UI, read-only, behind the same API keys.
-		console, err := ui.New(rdb, ui.Options{CheckKey: producer.KeyChecker(keys), Anonymous: len(keys) == 0})
+		uiKeys := keys
+		if cfg.AdminKeys != "" {
+			if uiKeys, err = producer.ParseAPIKeys(cfg.AdminKeys); err != nil {
+				return fmt.Errorf("SENDQ_ADMIN_KEYS: %w", err)
+			}
+		}
+		console, err := ui.New(rdb, ui.Options{CheckKey: producer.KeyChecker(uiKeys), Anonymous: len(uiKeys) == 0,
+			AllowWrites: cfg.UIAllowWrites})
 		if err != nil {
 			return err
 		}

@@ -23,6 +23,8 @@ type Config struct {
 	SMTPURL         string
 	HTTPAddr        string
 	APIKeys         string
+	AdminKeys       string
+	UIAllowWrites   bool
 	AllowedFrom     string
 	DefaultFrom     string
 	MaxMessageBytes int64
@@ -100,6 +102,17 @@ var settings = []Setting{
 		set: str(func(c *Config) *string { return &c.HTTPAddr })},
 	{Env: "SENDQ_API_KEYS", Flag: "api-keys", Help: "comma-separated API keys for Authorization: Bearer KEY, each optionally KEY:@a.com|ops@b.com to limit its From; unset: no auth",
 		set: str(func(c *Config) *string { return &c.APIKeys }), secret: true},
+	{Env: "SENDQ_ADMIN_KEYS", Flag: "admin-keys", Help: "comma-separated keys for the web view at /ui/; unset: the API keys",
+		set: str(func(c *Config) *string { return &c.AdminKeys }), secret: true},
+	{Env: "SENDQ_UI_ALLOW_WRITES", Flag: "ui-allow-writes", Def: "false", Help: "let the web view at /ui/ change tasks (retry, delete, pause); default read-only",
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("SENDQ_UI_ALLOW_WRITES=%q must be true or false", v)
+			}
+			c.UIAllowWrites = b
+			return nil
+		}},
 	{Env: "SENDQ_ALLOWED_FROM", Flag: "allowed-from", Help: "comma-separated addresses (a@x.com) or domains (@x.com) allowed as From; unset: any",
 		set: str(func(c *Config) *string { return &c.AllowedFrom })},
 	{Env: "SENDQ_DEFAULT_FROM", Flag: "default-from", Help: "From used when a request has none",
