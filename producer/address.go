@@ -69,8 +69,17 @@ func ParseAddress(s string) (queue.Address, error) {
 	if hasControl(a.Name) {
 		return queue.Address{}, fmt.Errorf("display name of %q contains a control character", s)
 	}
+	if !utf8.ValidString(a.Name) {
+		return queue.Address{}, fmt.Errorf("display name of %q is not valid UTF-8 once decoded", s)
+	}
 	if err := checkAddrSpec(a.Address); err != nil {
 		return queue.Address{}, fmt.Errorf("%q: %v", a.Address, err)
+	}
+	// The worker writes the address with (*mail.Address).String, which
+	// cannot write every name (it leaves a backslash in a non-ASCII name
+	// unencoded): refuse a name that would not read back the same.
+	if rt, err := mail.ParseAddress(a.String()); err != nil || rt.Name != a.Name || rt.Address != a.Address {
+		return queue.Address{}, fmt.Errorf("display name of %q cannot be written in a header as given", s)
 	}
 	return queue.Address{Name: a.Name, Address: a.Address}, nil
 }
@@ -119,11 +128,12 @@ func isAtext(c byte) bool {
 	return strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
 }
 
-// hasControl reports a C0 control character or DEL (CR, LF, NUL among
-// them). Tab is a control character too: no header sendq writes needs one.
+// hasControl reports a C0 or C1 control character or DEL (CR, LF, NUL
+// among them) or a Unicode line separator. Tab is a control character too:
+// no header sendq writes needs one.
 func hasControl(s string) bool {
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == 0x85 || r == 0x2028 || r == 0x2029 {
+		if r < 0x20 || r >= 0x7f && r <= 0x9f || r == 0x2028 || r == 0x2029 {
 			return true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/mail"
 	"strings"
+	"unicode/utf8"
 
 	gomail "github.com/wneessen/go-mail"
 
@@ -13,10 +14,13 @@ import (
 
 // MessageID is the Message-ID of email e, without angle brackets. It is
 // derived from the email id, so every attempt of the same email carries the
-// same one and a receiver can drop a duplicate.
+// same one and a receiver can drop a duplicate. An internationalised
+// (non-ASCII) From domain is not used: go-mail would RFC 2047-encode it into
+// something that is no msg-id.
 func MessageID(e *queue.Email) string {
 	domain := "sendq.invalid"
-	if i := strings.LastIndexByte(e.From.Address, '@'); i >= 0 && i < len(e.From.Address)-1 {
+	if i := strings.LastIndexByte(e.From.Address, '@'); i >= 0 && i < len(e.From.Address)-1 &&
+		!strings.ContainsFunc(e.From.Address[i+1:], func(r rune) bool { return r >= utf8.RuneSelf }) {
 		domain = e.From.Address[i+1:]
 	}
 	return e.ID + "@" + domain
@@ -53,7 +57,10 @@ func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
 	if e.IsHTML {
 		ct = gomail.TypeTextHTML
 	}
-	m.SetBodyString(ct, e.Body)
+	// Quoted-printable writes every line break as CRLF anyway; doing it
+	// first avoids a mime/quotedprintable bug that drops the LF of
+	// "\r<encoded bytes>\n" ("\r둘째\n" becomes "\r\n둘째").
+	m.SetBodyString(ct, crlf.Replace(e.Body))
 	for i, a := range e.Attachments {
 		opts := []gomail.FileOption{}
 		if a.ContentType != "" {
@@ -72,6 +79,9 @@ func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
 	}
 	return m, nil
 }
+
+// crlf turns every line break, CRLF, CR or LF, into CRLF.
+var crlf = strings.NewReplacer("\r\n", "\r\n", "\r", "\r\n", "\n", "\r\n")
 
 func mailAddr(a queue.Address) *mail.Address { return &mail.Address{Name: a.Name, Address: a.Address} }
 
