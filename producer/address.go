@@ -69,6 +69,9 @@ func ParseAddress(s string) (queue.Address, error) {
 	if hasControl(a.Name) {
 		return queue.Address{}, fmt.Errorf("display name of %q contains a control character", s)
 	}
+	if longestWord(a.Name) > maxHeaderWord {
+		return queue.Address{}, fmt.Errorf("display name of %q has a word of more than %d characters; a mail header line cannot carry it", s, maxHeaderWord)
+	}
 	if !utf8.ValidString(a.Name) {
 		return queue.Address{}, fmt.Errorf("display name of %q is not valid UTF-8 once decoded", s)
 	}

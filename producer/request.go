@@ -107,6 +107,9 @@ func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 	if hasControl(e.Subject) {
 		return nil, fieldErr("Subject", "must not contain control characters (CR, LF, NUL, tab)")
 	}
+	if longestWord(e.Subject) > maxHeaderWord {
+		return nil, fieldErr("Subject", "has a word of more than %d characters without a space; a mail header line cannot carry it (RFC 5322 limits lines to 998)", maxHeaderWord)
+	}
 	if e.Body, err = optString(fields, "Body"); err != nil {
 		return nil, err
 	}
@@ -437,4 +440,22 @@ func decodeAttachment(raw []byte, label string) (queue.Attachment, error) {
 		}
 	}
 	return a, nil
+}
+
+// maxHeaderWord bounds an ASCII run without white space in a header value.
+// Headers are folded at white space only, and RFC 5322 limits a line to 998
+// characters; non-ASCII text is RFC 2047 encoded in short words anyway.
+const maxHeaderWord = 900
+
+func longestWord(s string) int {
+	longest, cur := 0, 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == ' ' || s[i] >= 0x80 {
+			cur = 0
+			continue
+		}
+		cur++
+		longest = max(longest, cur)
+	}
+	return longest
 }

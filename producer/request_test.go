@@ -372,3 +372,22 @@ func TestDecodeRequestRecipientLimitCountsMailboxes(t *testing.T) {
 		t.Errorf("DecodeRequest(%q).Recipients() = %q; want one", body, got)
 	}
 }
+
+func TestLongHeaderWordsAreRefused(t *testing.T) {
+	long := strings.Repeat("x", 901)
+	for _, tt := range []struct{ body, field string }{
+		{`{"From":"a@example.com","To":"b@example.com","Subject":"` + long + `"}`, "Subject"},
+		{`{"From":"` + long + ` <a@example.com>","To":"b@example.com"}`, "From"},
+		{`{"From":"a@example.com","To":"` + long + ` <b@example.com>"}`, "To"},
+	} {
+		_, err := DecodeRequest([]byte(tt.body), Limits{})
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tt.field {
+			t.Errorf("901-character word in %s: err = %v; want a FieldError for %s", tt.field, err, tt.field)
+		}
+	}
+	ok := `{"From":"a@example.com","To":"b@example.com","Subject":"` + strings.Repeat("word ", 400) + `"}`
+	if _, err := DecodeRequest([]byte(ok), Limits{}); err != nil {
+		t.Errorf("a 2000-character subject of short words: %v; want accepted (it folds)", err)
+	}
+}
