@@ -380,7 +380,7 @@ func decodeAttachment(raw []byte, label string) (queue.Attachment, error) {
 	if err != nil {
 		return a, err
 	}
-	if _, ok := f["ContentData"]; !ok {
+	if raw, ok := f["ContentData"]; !ok || isNull(raw) {
 		return a, &FieldError{Field: label + ".ContentData", Code: "missing_field", Message: "ContentData is required"}
 	}
 	enc, err := get("ContentTransferEncoding")

@@ -391,3 +391,11 @@ func TestLongHeaderWordsAreRefused(t *testing.T) {
 		t.Errorf("a 2000-character subject of short words: %v; want accepted (it folds)", err)
 	}
 }
+
+func TestNullContentDataIsMissing(t *testing.T) {
+	_, err := DecodeRequest([]byte(`{"From":"a@example.com","To":"b@example.com","Attachments":[{"ContentData":null,"FileName":"a.txt"}]}`), Limits{})
+	var fe *FieldError
+	if !errors.As(err, &fe) || fe.Field != "Attachments[0].ContentData" || fe.Code != "missing_field" {
+		t.Errorf("ContentData null: %v; want missing_field for Attachments[0].ContentData", err)
+	}
+}
