@@ -50,6 +50,9 @@ func TestRedisCluster(t *testing.T) {
 	if got := len(sink.Messages()); got != len(ids) {
 		t.Errorf("SMTP server got %d messages; want %d", got, len(ids))
 	}
+	if r := call(t, "GET", base+"/ui/", nil, nil); r.Resp.StatusCode != 200 {
+		t.Errorf("GET /ui/ with no keys configured = %d; want 200 (open, like the API)", r.Resp.StatusCode)
+	}
 	m := call(t, "GET", base+"/metrics", nil, nil)
 	if !containsLine(string(m.Body), `sendq_queue_tasks{queue="emails",state="completed"} 20`) {
 		t.Errorf("queue depth from the cluster is missing or wrong")

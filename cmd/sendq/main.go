@@ -216,8 +216,11 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 				return fmt.Errorf("SENDQ_ADMIN_KEYS: %w", err)
 			}
 		}
-		console, err := ui.New(rdb, ui.Options{CheckKey: producer.KeyChecker(uiKeys), Anonymous: len(uiKeys) == 0,
-			AllowWrites: cfg.UIAllowWrites})
+		uiOpts := ui.Options{Anonymous: len(uiKeys) == 0, AllowWrites: cfg.UIAllowWrites}
+		if len(uiKeys) > 0 {
+			uiOpts.CheckKey = producer.KeyChecker(uiKeys)
+		}
+		console, err := ui.New(rdb, uiOpts)
 		if err != nil {
 			return err
 		}

@@ -248,6 +248,13 @@ func TestEndToEndSeedIsDeliveredByteForByte(t *testing.T) {
 		call(t, "GET", base+"/readyz", nil, nil),
 		call(t, "GET", base+"/healthz", nil, nil),
 	)
+	// The web view: behind the key, open with it.
+	if r := call(t, "GET", base+"/ui/", nil, nil); r.Resp.StatusCode != 401 {
+		t.Errorf("GET /ui/ without a key = %d; want 401", r.Resp.StatusCode)
+	}
+	if r := call(t, "GET", base+"/ui/", nil, auth); r.Resp.StatusCode != 200 || !bytes.Contains(r.Body, []byte("<html")) {
+		t.Errorf("GET /ui/ with the key = %d; want 200 and the page", r.Resp.StatusCode)
+	}
 	wantCodes := []int{202, 200, 400, 401, 403, 404, 200, 200, 200}
 	for i, r := range seen {
 		if r.Resp.StatusCode != wantCodes[i] {
