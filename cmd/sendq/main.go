@@ -28,6 +28,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sendq/sendq/internal/bench"
 	"github.com/sendq/sendq/internal/config"
 	"github.com/sendq/sendq/internal/outbox"
 	"github.com/sendq/sendq/internal/ui"
@@ -50,6 +51,7 @@ Usage:
   sendq queues             print queue depths
   sendq retry ID           queue a failed or canceled email again
   sendq cancel ID          cancel a queued, scheduled or retrying email
+  sendq bench [flags]      measure intake and delivery against naive baselines ('sendq bench -h')
   sendq help               this text; 'sendq serve -h' lists every setting
 
 Every setting is an environment variable with a flag twin; see README.md.
@@ -66,6 +68,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
+	case "bench":
+		// bench has its own flags: it builds its own Redis, sink, API and worker.
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		return bench.Main(ctx, args[1:], getenv, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "sendq: unknown command %q\n\n%s", name, usage)
 		return 2

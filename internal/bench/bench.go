@@ -1,0 +1,698 @@
+// Package bench implements `sendq bench`: one command that measures
+// sendq's intake and delivery and, in the same run, on the same Redis and
+// the same SMTP sink, the baselines they are judged against, then prints
+// each figure with its baseline and the ratio (sendq / baseline).
+//
+// A run, in order (Redis is flushed before each group):
+//
+//  1. sendq intake: N POST /v1/emails (1 KB body, API key and a unique
+//     Idempotency-Key on every request) from C concurrent clients against
+//     sendq's API built in process as `sendq serve` builds it; no worker
+//     runs. Requests/s, latency p50/p90/p99/max, and Redis used_memory
+//     per queued email.
+//  2. sendq delivery: sendq's worker is started on the queued backlog and
+//     delivers it to the sink: emails/s from the worker's start to the
+//     N-th 250, enqueue-to-250 latency, and the process' peak RSS.
+//  3. sendq live latency: with the worker running, a paced load (a quarter of the
+//     measured delivery rate by default) for a few seconds: the
+//     enqueue-to-250 latency a steady stream sees.
+//  4. naive intake (a bare handler that decodes into a struct and calls
+//     asynq's Enqueue), then the naive worker (asynq + go-mail DialAndSend
+//     per email) on what it queued.
+//  5. asynq's Enqueue alone (16 goroutines, no HTTP), then an asynq server
+//     with a no-op handler on those tasks.
+//  6. raw SMTP: go-mail clients over as many connections as sendq's pool
+//     sending pre-built messages, no Redis.
+//
+// With -target URL only the intake of a running sendq is measured (and the
+// naive intake, in process, for the ratio).
+//
+// Every phase also records the CPU it used, in this process (getrusage)
+// and in Redis (INFO cpu), per email: on a machine shared with other work
+// the rates swing from run to run, the CPU per email hardly moves. With
+// -cpuprofile, samples carry a "component" label (pprof -tagfocus).
+//
+// Everything runs in one process on one machine, so the load generator,
+// the API, the worker, the sink and Redis share its cores: the absolute
+// numbers are lower than on separate machines, the ratios are what count.
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/worker"
+)
+
+// options are the command's flags.
+type options struct {
+	n, c             int
+	pool             int
+	concurrency      int
+	workers          int
+	naiveConcurrency int
+	noopConcurrency  int
+	enqueueWorkers   int
+	smtpLatency      time.Duration
+	bodyBytes        int
+	rcpts            int
+	redisURL         string
+	target           string
+	apiKey           string
+	from             string
+	jsonFile         string
+	cpuProfile       string
+	liveDuration     time.Duration
+	liveRate         float64
+	baselines        bool
+	stall            time.Duration
+	verbose          bool
+}
+
+const usage = `Usage: sendq bench [flags]
+
+Measures sendq's intake and delivery and, in the same run, the baselines
+they are judged against (a naive asynq intake and worker, asynq's no-op
+processing, raw SMTP), then prints figure | sendq | baseline | ratio.
+Redis is REDIS_URL (or -redis-url; an EMPTY database: it is flushed between
+phases), else a private redis-server on a free port. The SMTP server is an
+in-process sink that discards what it receives.
+
+Flags:
+`
+
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("sendq bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	fs.IntVar(&o.n, "n", 20000, "emails per phase")
+	fs.IntVar(&o.c, "c", 64, "concurrent HTTP clients of the intake phases")
+	fs.IntVar(&o.pool, "pool", 8, "sendq's SMTP pool size (and the raw SMTP baseline's connections)")
+	fs.IntVar(&o.concurrency, "worker-concurrency", 0, "sendq worker concurrency; 0: twice the pool")
+	fs.IntVar(&o.workers, "workers", 1, "sendq workers delivering together (in this process, each with its own pool)")
+	fs.IntVar(&o.naiveConcurrency, "naive-concurrency", 32, "concurrency of the naive worker baseline")
+	fs.IntVar(&o.noopConcurrency, "noop-concurrency", 50, "concurrency of the asynq no-op baseline")
+	fs.IntVar(&o.enqueueWorkers, "enqueue-goroutines", 16, "goroutines of the asynq Enqueue-alone baseline")
+	fs.DurationVar(&o.smtpLatency, "smtp-latency", 0, "the sink's delay before answering the end of DATA, e.g. 40ms (a remote relay)")
+	fs.IntVar(&o.bodyBytes, "body-bytes", 1024, "size of each email's Body")
+	fs.IntVar(&o.rcpts, "rcpts", 1, "recipients per email")
+	fs.StringVar(&o.redisURL, "redis-url", getenv("REDIS_URL"), "Redis URL of an empty database (env REDIS_URL); unset: a private redis-server")
+	fs.StringVar(&o.target, "target", "", "base URL of a running sendq (http://host:8080): measure its intake only")
+	fs.StringVar(&o.apiKey, "api-key", "", "API key for -target; default: the first of SENDQ_API_KEYS")
+	fs.StringVar(&o.from, "from", "Bench <bench@bench.sendq.example>", "From of every email")
+	fs.StringVar(&o.jsonFile, "json", "", "also write the results as JSON to this file")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file; samples carry a component label (loadgen, sendq-api, sendq-worker, smtp-sink, naive-api, naive-worker, asynq-noop, raw-smtp) for pprof -tagfocus")
+	fs.DurationVar(&o.liveDuration, "live-duration", 3*time.Second, "length of the paced live-latency phase; 0 skips it")
+	fs.Float64Var(&o.liveRate, "live-rate", 0, "emails/s of the live phase; 0: a quarter of the measured delivery rate (the API and the load generator share the cores with the worker)")
+	fs.BoolVar(&o.baselines, "baselines", true, "measure the baselines (false: sendq only)")
+	fs.DurationVar(&o.stall, "stall-timeout", 30*time.Second, "fail a phase that makes no progress for this long")
+	fs.BoolVar(&o.verbose, "v", false, "write sendq's logs (info and up) to stderr")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var errs []string
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"n", o.n}, {"c", o.c}, {"pool", o.pool}, {"workers", o.workers}, {"naive-concurrency", o.naiveConcurrency},
+		{"noop-concurrency", o.noopConcurrency}, {"enqueue-goroutines", o.enqueueWorkers}, {"rcpts", o.rcpts}} {
+		if f.v < 1 {
+			errs = append(errs, fmt.Sprintf("-%s must be at least 1", f.name))
+		}
+	}
+	if o.concurrency < 0 || o.bodyBytes < 0 || o.smtpLatency < 0 || o.liveDuration < 0 || o.liveRate < 0 {
+		errs = append(errs, "-worker-concurrency, -body-bytes, -smtp-latency, -live-duration and -live-rate may not be negative")
+	}
+	if o.stall <= 0 {
+		errs = append(errs, "-stall-timeout must be positive")
+	}
+	if o.target != "" {
+		u, err := url.Parse(o.target)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Sprintf("-target %q is not an http(s) URL", o.target))
+		}
+		if o.apiKey == "" {
+			first, _, _ := strings.Cut(getenv("SENDQ_API_KEYS"), ",")
+			o.apiKey, _, _ = strings.Cut(strings.TrimSpace(first), ":")
+		}
+	}
+	if o.concurrency == 0 {
+		o.concurrency = 2 * o.pool
+	}
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "; "))
+	}
+	return o, nil
+}
+
+// Main runs `sendq bench` with args (the flags after "bench"); getenv reads
+// the environment (REDIS_URL, SENDQ_API_KEYS). It prints the table on
+// stdout, progress and errors on stderr, and returns the exit code: 0, 1 if
+// the run failed (a table is still printed for what was measured), 2 for
+// bad flags. Canceling ctx stops the run.
+func Main(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "sendq bench: %v\n", err)
+		return 2
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "sendq bench: %v\n", err)
+			return 1
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			_ = f.Close()
+			fmt.Fprintf(stderr, "sendq bench: cpu profile: %v\n", err)
+			return 1
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+		}()
+	}
+	r := &runner{o: o, stderr: stderr, prog: newProgress(stderr)}
+	runErr := r.run(ctx)
+	rep := r.report()
+	rep.writeTable(stdout)
+	if o.jsonFile != "" {
+		if err := rep.writeJSON(o.jsonFile); err != nil && runErr == nil {
+			runErr = err
+		}
+	}
+	if runErr != nil {
+		fmt.Fprintf(stderr, "sendq bench: %v\n", runErr)
+		return 1
+	}
+	return 0
+}
+
+// runner holds one run's shared pieces and what it measured.
+type runner struct {
+	o      *options
+	stderr io.Writer
+	prog   *progress
+	log    *slog.Logger
+	alog   asynq.Logger
+
+	redisURL  string
+	redisDesc string
+	private   *redisServer          // the private redis-server, if one was started
+	loadAvg   float64               // at the start
+	rdb       redis.UniversalClient // for FLUSHDB and INFO
+	asynqOpt  asynq.RedisConnOpt
+	sink      *sink
+	req       *request
+	apiKey    string
+
+	res results
+}
+
+// results is everything measured; zero values were not measured.
+type results struct {
+	intake     *loadResult // sendq's, or the target's
+	intakeMem  float64     // Redis bytes per queued email
+	delivery   throughput
+	backlogLat []time.Duration
+	liveLat    []time.Duration
+	liveRate   float64
+	badIDs     int   // received messages whose Message-ID gave no enqueue time
+	rssPeak    int64 // bytes, during sendq's delivery
+
+	naiveIntake  *loadResult
+	naiveMem     float64
+	naiveWorker  throughput
+	enqueueAlone throughput
+	noop         throughput
+	raw          throughput
+
+	// CPU used per phase, by this process and by Redis: unlike rates,
+	// CPU per email hardly moves when other work shares the machine.
+	intakeCPU, naiveIntakeCPU                    cost
+	deliveryCPU, naiveWorkerCPU, noopCPU, rawCPU cost
+}
+
+// cost is the CPU time one phase of n emails used.
+type cost struct {
+	n     int
+	self  time.Duration // this process: load generator or SMTP sink included
+	redis time.Duration // the Redis server (INFO cpu)
+}
+
+// selfPer and redisPer are microseconds per email.
+func (c cost) selfPer() float64  { return perEmailMicros(c.self, c.n) }
+func (c cost) redisPer() float64 { return perEmailMicros(c.redis, c.n) }
+
+func perEmailMicros(d time.Duration, n int) float64 {
+	if n == 0 {
+		return 0
+	}
+	return float64(d) / float64(time.Microsecond) / float64(n)
+}
+
+// meter starts measuring CPU; the returned function ends the measurement
+// for n emails.
+func (r *runner) meter(ctx context.Context) func(n int) cost {
+	self, red := processCPU(), redisCPU(ctx, r.rdb)
+	return func(n int) cost {
+		return cost{n: n, self: processCPU() - self, redis: redisCPU(ctx, r.rdb) - red}
+	}
+}
+
+// throughput is n events in d.
+type throughput struct {
+	n int
+	d time.Duration
+}
+
+func (t throughput) perSec() float64 { return rate(t.n, t.d) }
+
+func (r *runner) run(ctx context.Context) error {
+	o := r.o
+	r.loadAvg = loadAvg()
+	// sendq logs at info, one line per delivery attempt, as by default:
+	// formatted all the same when discarded, so the cost is measured.
+	var logOut io.Writer = io.Discard
+	if o.verbose {
+		logOut = r.stderr
+	}
+	r.log = slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	r.alog = worker.NewAsynqLogger(r.log)
+	runID := make([]byte, 6)
+	_, _ = rand.Read(runID)
+
+	if err := r.startRedis(ctx); err != nil {
+		return err
+	}
+	defer r.rdb.Close()
+	if o.redisURL == "" {
+		// startRedis started a private server; stopRedis kills it.
+		defer r.stopRedis()
+	} else {
+		defer func() { _ = r.flush(context.WithoutCancel(ctx)) }() // leave the database empty, as found
+	}
+
+	if o.target != "" {
+		r.apiKey = o.apiKey
+	} else {
+		r.apiKey = "bench-" + hex.EncodeToString(runID)
+	}
+	r.req = newRequest(o.from, o.rcpts, o.bodyBytes, r.apiKey, hex.EncodeToString(runID))
+
+	if o.target != "" {
+		if err := r.targetIntake(ctx); err != nil {
+			return err
+		}
+		if o.baselines {
+			return r.naive(ctx, false)
+		}
+		return nil
+	}
+
+	s, err := startSink(o.smtpLatency)
+	if err != nil {
+		return fmt.Errorf("smtp sink: %w", err)
+	}
+	r.sink = s
+	defer s.close()
+
+	if err := r.sendq(ctx); err != nil {
+		return err
+	}
+	if !o.baselines {
+		return nil
+	}
+	if err := r.naive(ctx, true); err != nil {
+		return err
+	}
+	if err := r.asynqNoop(ctx); err != nil {
+		return err
+	}
+	return r.rawSMTP(ctx)
+}
+
+func (r *runner) startRedis(ctx context.Context) error {
+	r.redisURL = r.o.redisURL
+	if r.redisURL == "" {
+		s, err := startRedis()
+		if err != nil {
+			return err
+		}
+		r.redisURL, r.redisDesc = s.url(), "private redis-server on "+s.addr
+		r.private = s
+	} else {
+		u, err := url.Parse(r.redisURL)
+		if err != nil {
+			return fmt.Errorf("REDIS_URL does not parse")
+		}
+		r.redisDesc = u.Redacted()
+	}
+	rdb, err := queue.NewRedisClient(r.redisURL)
+	if err != nil {
+		r.stopRedis()
+		return err
+	}
+	if err := r.checkRedis(ctx, rdb); err != nil {
+		_ = rdb.Close()
+		r.stopRedis()
+		return err
+	}
+	r.rdb = rdb
+	return nil
+}
+
+// checkRedis reads the server's version and refuses a database that holds
+// keys: the bench flushes it between phases.
+func (r *runner) checkRedis(ctx context.Context, rdb redis.UniversalClient) error {
+	opt, err := asynq.ParseRedisURI(r.redisURL)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL for asynq: %w", err)
+	}
+	r.asynqOpt = opt
+	n, err := rdb.DBSize(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	if n > 0 && r.o.redisURL != "" {
+		return fmt.Errorf("the Redis database holds %d keys; sendq bench flushes it between phases, so give it an empty one (e.g. redis://host:6379/15)", n)
+	}
+	if v, err := rdb.Info(ctx, "server").Result(); err == nil {
+		for _, line := range strings.Split(v, "\n") {
+			if ver, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+				r.redisDesc += " (Redis " + ver + ")"
+			}
+		}
+	}
+	return nil
+}
+
+func (r *runner) stopRedis() {
+	if r.private != nil {
+		r.private.stop()
+		r.private = nil
+	}
+}
+
+func (r *runner) flush(ctx context.Context) error {
+	if err := r.rdb.FlushDB(ctx).Err(); err != nil {
+		return fmt.Errorf("redis FLUSHDB: %w", err)
+	}
+	return nil
+}
+
+// load runs one intake load against url with the progress bar, labelled
+// as the load generator in the CPU profile.
+func (r *runner) load(ctx context.Context, name, url, phase string, n, c int, every time.Duration) *loadResult {
+	client := newHTTPClient(c)
+	defer client.CloseIdleConnections()
+	var count atomic.Int64
+	stop := r.prog.track(name, n, &count)
+	defer stop()
+	var res *loadResult
+	pprof.Do(ctx, pprof.Labels("component", "loadgen"), func(ctx context.Context) {
+		res = runLoad(ctx, client, url, r.req, phase, n, c, every, &count)
+	})
+	return res
+}
+
+// await waits until cd is done, and fails when its count does not move for
+// the stall timeout (a stuck phase must not hang the run).
+func (r *runner) await(ctx context.Context, name string, cd *countdown) error {
+	stop := r.prog.track(name, int(cd.target), &cd.count)
+	defer stop()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	last, moved := cd.count.Load(), time.Now()
+	for {
+		select {
+		case <-cd.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case now := <-t.C:
+			if c := cd.count.Load(); c != last {
+				last, moved = c, now
+			} else if now.Sub(moved) > r.o.stall {
+				return fmt.Errorf("%s: no progress for %s (%d of %d done)", name, r.o.stall, c, cd.target)
+			}
+		}
+	}
+}
+
+// memDelta runs f and returns Redis used_memory after minus before.
+func (r *runner) memDelta(ctx context.Context, f func()) (int64, error) {
+	before, err := usedMemory(ctx, r.rdb)
+	if err != nil {
+		return 0, err
+	}
+	f()
+	after, err := usedMemory(ctx, r.rdb)
+	if err != nil {
+		return 0, err
+	}
+	return after - before, nil
+}
+
+func checkLoad(name string, res *loadResult) error {
+	if res.Accepted == res.N {
+		return nil
+	}
+	return fmt.Errorf("%s: %d of %d requests not accepted (%v); first: %s", name, res.N-res.Accepted, res.N, res.Statuses, res.FirstErr)
+}
+
+// sendq measures sendq's intake, then its delivery of that backlog, then
+// the live latency.
+func (r *runner) sendq(ctx context.Context) error {
+	o := r.o
+	if err := r.flush(ctx); err != nil {
+		return err
+	}
+	api, err := startSendqAPI(r.redisURL, r.apiKey, r.log)
+	if err != nil {
+		return fmt.Errorf("sendq api: %w", err)
+	}
+	defer api.stop() // after the worker's Shutdown (deferred below)
+
+	runtime.GC()
+	var in *loadResult
+	done := r.meter(ctx)
+	mem, err := r.memDelta(ctx, func() { in = r.load(ctx, "sendq intake", api.url, "sendq", o.n, o.c, 0) })
+	r.res.intake = in
+	r.res.intakeCPU = done(o.n)
+	if err != nil {
+		return err
+	}
+	if err := checkLoad("sendq intake", in); err != nil {
+		return err
+	}
+	r.res.intakeMem = float64(mem) / float64(in.Accepted)
+
+	// -workers K: K independent workers (each its own asynq server and
+	// pool), as K worker processes would run, but in this process.
+	workers := make([]*worker.Worker, o.workers)
+	for i := range workers {
+		if workers[i], err = api.newWorker(r.sink.addr, o.pool, o.concurrency); err != nil {
+			return fmt.Errorf("sendq worker: %w", err)
+		}
+	}
+	ph := r.sink.expect(in.Accepted, true)
+	runtime.GC()
+	rss := sampleRSS()
+	done = r.meter(ctx)
+	start := time.Now()
+	for _, w := range workers {
+		pprof.Do(ctx, pprof.Labels("component", "sendq-worker"), func(context.Context) { err = w.Start() })
+		if err != nil {
+			rss.stop()
+			return err
+		}
+		defer w.Shutdown()
+	}
+	err = r.await(ctx, "sendq delivery", ph.countdown)
+	r.res.deliveryCPU = done(in.Accepted)
+	r.res.rssPeak = rss.stop()
+	if err != nil {
+		return err
+	}
+	r.res.delivery = throughput{n: in.Accepted, d: ph.last.Sub(start)}
+	var bad int
+	r.res.backlogLat, bad = enqueueTo250(ph.receipts())
+	r.res.badIDs += bad
+
+	if o.liveDuration <= 0 {
+		return nil
+	}
+	// Live: a paced stream below the delivery rate, the worker running.
+	lr := o.liveRate
+	if lr <= 0 {
+		lr = r.res.delivery.perSec() / 4
+	}
+	n := max(int(lr*o.liveDuration.Seconds()), 10)
+	r.res.liveRate = lr
+	ph = r.sink.expect(n, true)
+	live := r.load(ctx, "sendq live", api.url, "live", n, min(o.c, n), time.Duration(float64(time.Second)/lr))
+	if err := checkLoad("sendq live", live); err != nil {
+		return err
+	}
+	if err := r.await(ctx, "sendq live", ph.countdown); err != nil {
+		return err
+	}
+	r.res.liveLat, bad = enqueueTo250(ph.receipts())
+	r.res.badIDs += bad
+	return nil
+}
+
+// targetIntake measures the intake of a running sendq at -target.
+func (r *runner) targetIntake(ctx context.Context) error {
+	u := strings.TrimSuffix(r.o.target, "/") + "/v1/emails"
+	r.res.intake = r.load(ctx, "target intake", u, "target", r.o.n, r.o.c, 0)
+	return checkLoad("target intake", r.res.intake)
+}
+
+// naive measures the naive intake and, with deliver, the naive worker on
+// what it queued.
+func (r *runner) naive(ctx context.Context, deliver bool) error {
+	o := r.o
+	if err := r.flush(ctx); err != nil {
+		return err
+	}
+	api, err := startNaiveAPI(r.asynqOpt)
+	if err != nil {
+		return fmt.Errorf("naive api: %w", err)
+	}
+	runtime.GC()
+	var in *loadResult
+	done := r.meter(ctx)
+	mem, err := r.memDelta(ctx, func() { in = r.load(ctx, "naive intake", api.url, "naive", o.n, o.c, 0) })
+	r.res.naiveIntakeCPU = done(o.n)
+	api.stop()
+	r.res.naiveIntake = in
+	if err != nil {
+		return err
+	}
+	if err := checkLoad("naive intake", in); err != nil {
+		return err
+	}
+	r.res.naiveMem = float64(mem) / float64(in.Accepted)
+	if !deliver {
+		return nil
+	}
+
+	ph := r.sink.expect(in.Accepted, false)
+	runtime.GC()
+	done = r.meter(ctx)
+	start := time.Now()
+	var srv *asynq.Server
+	pprof.Do(ctx, pprof.Labels("component", "naive-worker"), func(context.Context) {
+		srv, err = startNaiveWorker(r.asynqOpt, r.sink.addr, o.naiveConcurrency, r.alog)
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	if err := r.await(ctx, "naive worker", ph.countdown); err != nil {
+		return err
+	}
+	r.res.naiveWorkerCPU = done(in.Accepted)
+	r.res.naiveWorker = throughput{n: in.Accepted, d: ph.last.Sub(start)}
+	return nil
+}
+
+// asynqNoop measures asynq's Enqueue alone, then an asynq server with a
+// no-op handler on those tasks.
+func (r *runner) asynqNoop(ctx context.Context) error {
+	o := r.o
+	if err := r.flush(ctx); err != nil {
+		return err
+	}
+	payload := r.req.naivePayload()
+	var count atomic.Int64
+	stop := r.prog.track("asynq enqueue", o.n, &count)
+	var d time.Duration
+	var err error
+	pprof.Do(ctx, pprof.Labels("component", "loadgen"), func(ctx context.Context) {
+		d, err = enqueueNoop(ctx, r.asynqOpt, payload, o.n, o.enqueueWorkers, &count)
+	})
+	stop()
+	if err != nil {
+		return err
+	}
+	r.res.enqueueAlone = throughput{n: o.n, d: d}
+
+	cd := newCountdown(o.n)
+	runtime.GC()
+	done := r.meter(ctx)
+	start := time.Now()
+	var srv *asynq.Server
+	pprof.Do(ctx, pprof.Labels("component", "asynq-noop"), func(context.Context) {
+		srv, err = startNoop(r.asynqOpt, o.noopConcurrency, cd, r.alog)
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	if err := r.await(ctx, "asynq no-op", cd); err != nil {
+		return err
+	}
+	r.res.noopCPU = done(o.n)
+	r.res.noop = throughput{n: o.n, d: cd.last.Sub(start)}
+	return nil
+}
+
+// rawSMTP measures go-mail over pool-many reused connections, no Redis.
+func (r *runner) rawSMTP(ctx context.Context) error {
+	o := r.o
+	e, err := r.req.email()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ph := r.sink.expect(o.n, false)
+	runtime.GC()
+	done := r.meter(ctx)
+	start := time.Now()
+	errc := make(chan error, 1)
+	// The goroutine ends when every message is sent, on an error, or when
+	// this function returns and cancels ctx.
+	go pprof.Do(ctx, pprof.Labels("component", "raw-smtp"), func(ctx context.Context) {
+		errc <- rawSMTP(ctx, r.sink.addr, e, o.n, o.pool)
+	})
+	if err := r.await(ctx, "raw smtp", ph.countdown); err != nil {
+		return err
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	r.res.rawCPU = done(o.n)
+	r.res.raw = throughput{n: o.n, d: ph.last.Sub(start)}
+	return nil
+}
