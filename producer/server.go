@@ -2,6 +2,8 @@ package producer
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -64,7 +66,6 @@ type API struct {
 	look  *queue.Lookup
 	admin *queue.Admin
 	store *queue.Store
-	idem  *idempotency
 	rate  *redis_rate.Limiter
 	log   *slog.Logger
 	m     *metrics.Metrics
@@ -99,8 +100,8 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 		cfg: cfg, enq: enq, insp: insp, store: store,
 		look:  &queue.Lookup{Inspector: insp, Store: store},
 		admin: &queue.Admin{Inspector: insp, Store: store},
-		idem:  &idempotency{rdb: rdb}, rate: redis_rate.NewLimiter(rdb),
-		log: cfg.Logger, m: cfg.Metrics, now: time.Now,
+		rate:  redis_rate.NewLimiter(rdb),
+		log:   cfg.Logger, m: cfg.Metrics, now: time.Now,
 	}, nil
 }
 
@@ -176,12 +177,20 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		}
 	}
 
-	e.ID = uuid.Must(uuid.NewV7()).String()
-	e.CreatedAt = a.now().UTC()
-	status := queue.StatusQueued
-	if !e.SendAt.IsZero() && e.SendAt.After(e.CreatedAt) {
-		status = queue.StatusScheduled
+	idemKey := r.Header.Get("Idempotency-Key")
+	if idemKey != "" && (len(idemKey) > 255 || hasControl(idemKey)) {
+		WriteError(w, http.StatusBadRequest, "invalid_header", "Idempotency-Key", "must be at most 255 printable characters")
+		return
 	}
+	e.ID = uuid.Must(uuid.NewV7()).String()
+	if idemKey != "" {
+		// The email id is derived from the key, so asynq's own task-id
+		// check makes the second request with the same key conflict,
+		// atomically, at no extra Redis round trip.
+		e.ID = IdempotentID(key.ID, idemKey)
+		e.BodyHash = bodyHash(body)
+	}
+	e.CreatedAt = a.now().UTC()
 
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
@@ -199,38 +208,9 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 			return
 		}
 	}
-	idemKey := r.Header.Get("Idempotency-Key")
-	var claimed *idemRecord
-	if idemKey != "" {
-		if len(idemKey) > 255 || hasControl(idemKey) {
-			WriteError(w, http.StatusBadRequest, "invalid_header", "Idempotency-Key", "must be at most 255 printable characters")
-			return
-		}
-		rec, fresh, err := a.idem.claim(ctx, key.ID, idemKey, body, e.ID, status)
-		switch {
-		case errors.Is(err, errIdemMismatch):
-			WriteError(w, http.StatusConflict, "idempotency_key_reused", "Idempotency-Key", "this key was used with a different body in the last 24 hours")
-			return
-		case errors.Is(err, errIdemInProgress):
-			w.Header().Set("Retry-After", "1")
-			WriteError(w, http.StatusConflict, "idempotency_key_in_progress", "Idempotency-Key", "a request with this key is still being processed; retry shortly")
-			return
-		case err != nil:
-			a.unavailable(w, err)
-			return
-		case !fresh:
-			a.m.IdemReplays.Inc()
-			a.accepted(w, rec.ID, rec.Status)
-			return
-		}
-		claimed = rec
-	}
 
 	task, err := queue.NewTask(e)
 	if err != nil {
-		if idemKey != "" {
-			a.idem.release(context.WithoutCancel(ctx), key.ID, idemKey)
-		}
 		WriteError(w, http.StatusBadRequest, "invalid_body", "", err.Error())
 		return
 	}
@@ -239,24 +219,65 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		asynq.Retention(a.cfg.Retention),
 		asynq.Timeout(a.cfg.AttemptTimeout),
 	}
-	if status == queue.StatusScheduled {
+	if initialStatus(e) == queue.StatusScheduled {
 		opts = append(opts, asynq.ProcessAt(e.SendAt))
 	}
-	if _, err := a.enq.EnqueueContext(ctx, task, opts...); err != nil {
-		if idemKey != "" {
-			a.idem.release(context.WithoutCancel(ctx), key.ID, idemKey)
+	for try := 0; ; try++ {
+		_, err = a.enq.EnqueueContext(ctx, task, opts...)
+		if err == nil || idemKey == "" || !errors.Is(err, asynq.ErrTaskIDConflict) {
+			break
 		}
+		// The key was used before: answer as the first request was
+		// answered if the body is the same.
+		info, ierr := a.insp.GetTaskInfo(queue.Name, e.ID)
+		if errors.Is(ierr, asynq.ErrTaskNotFound) && try == 0 {
+			continue // gone in between (retention over): this is a new email
+		}
+		if ierr != nil {
+			a.unavailable(w, ierr)
+			return
+		}
+		first, derr := queue.DecodeEmail(info.Payload)
+		if derr != nil || first.BodyHash != e.BodyHash {
+			WriteError(w, http.StatusConflict, "idempotency_key_reused", "Idempotency-Key",
+				"this key was used with a different body while that email is still kept (24 hours after it was sent by default)")
+			return
+		}
+		a.m.IdemReplays.Inc()
+		a.accepted(w, first.ID, initialStatus(first))
+		return
+	}
+	if err != nil {
 		a.unavailable(w, err)
 		return
 	}
-	// From here on the email is in Redis: it is accepted whatever follows.
+	// From here on the email is in Redis: it is accepted.
 	a.m.EmailsAccepted.Inc()
-	if idemKey != "" {
-		if err := a.idem.complete(ctx, key.ID, idemKey, claimed); err != nil {
-			a.log.Warn("idempotency record not completed; a repeat of this request will get 409 until it expires", "email_id", e.ID, "err", err)
-		}
+	a.accepted(w, e.ID, initialStatus(e))
+}
+
+// initialStatus is the status the 202 reports: queued, or scheduled for a
+// SendAt in the future.
+func initialStatus(e *queue.Email) string {
+	if !e.SendAt.IsZero() && e.SendAt.After(e.CreatedAt) {
+		return queue.StatusScheduled
 	}
-	a.accepted(w, e.ID, status)
+	return queue.StatusQueued
+}
+
+// idemSpace is the UUID namespace of ids derived from idempotency keys.
+var idemSpace = uuid.MustParse("5e4d0a11-7b1e-4c59-9a51-5e4d0a11c0de")
+
+// IdempotentID is the email id of an Idempotency-Key sent with an API key:
+// a name-based UUID (RFC 9562 version 5) of both, so two API keys never
+// share an id and the key itself cannot be read back from the id.
+func IdempotentID(keyID, idemKey string) string {
+	return uuid.NewSHA1(idemSpace, []byte(keyID+"\x00"+idemKey)).String()
+}
+
+func bodyHash(body []byte) string {
+	h := sha256.Sum256(body)
+	return hex.EncodeToString(h[:])
 }
 
 func (a *API) accepted(w http.ResponseWriter, id, status string) {

@@ -213,6 +213,38 @@ func TestIdempotencyKey(t *testing.T) {
 	}
 }
 
+// Many concurrent requests with one key: every one gets the same 202, and
+// exactly one email is queued.
+func TestIdempotencyKeyUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, nil)
+	const n = 20
+	ids := make(chan string, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			r := b.do(t, "POST", "/v1/emails", seedBody, map[string]string{"Idempotency-Key": "burst"})
+			if r.code != 202 {
+				t.Errorf("request = %d %s; want 202", r.code, r.raw)
+			}
+			id, _ := r.body["id"].(string)
+			ids <- id
+		}()
+	}
+	first := <-ids
+	for i := 1; i < n; i++ {
+		if id := <-ids; id != first {
+			t.Errorf("ids differ: %s vs %s", id, first)
+		}
+	}
+	qi, err := queue.QueueInfo(b.insp)
+	if err != nil || qi.Pending != 1 {
+		t.Errorf("pending = %+v (%v); want exactly 1 email", qi, err)
+	}
+	if got := testutil.ToFloat64(b.m.EmailsAccepted); got != 1 {
+		t.Errorf("emails_accepted_total = %v; want 1", got)
+	}
+}
+
 func TestRedisDownIs503Quickly(t *testing.T) {
 	t.Parallel()
 	b := setupAPI(t, nil)

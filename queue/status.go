@@ -100,6 +100,12 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 	if err != nil {
 		return nil, err
 	}
+	if !rec.CreatedAt.IsZero() && !rec.CreatedAt.Equal(e.CreatedAt) {
+		// The record belongs to an earlier email with the same id (an
+		// Idempotency-Key reused after that one was forgotten).
+		rec = &Record{Recipients: map[string]RecipientResult{}}
+		st.Attempts, st.LastError, st.FailureReason, st.SentAt = 0, "", "", nil
+	}
 	st.CreatedAt, st.Subject = e.CreatedAt, e.Subject
 	st.MaxAttempts = info.MaxRetry + 1
 	if st.LastError == "" {

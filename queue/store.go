@@ -84,19 +84,34 @@ func recordKey(id string) string { return "sendq:email:{" + id + "}" }
 
 const rcptPrefix = "r:"
 
+// beginScript counts an attempt and returns the record. A record written for
+// an earlier email with the same id (an Idempotency-Key reused after the
+// first email was forgotten) has another created_at: it is dropped first, so
+// its recipients are not taken as already sent.
+var beginScript = redis.NewScript(`
+local created = redis.call("HGET", KEYS[1], "created_at")
+if created and created ~= ARGV[1] then
+  redis.call("DEL", KEYS[1])
+end
+redis.call("HINCRBY", KEYS[1], "attempts", 1)
+redis.call("HSET", KEYS[1], "state", "sending", "created_at", ARGV[1])
+redis.call("PEXPIRE", KEYS[1], ARGV[2])
+return redis.call("HGETALL", KEYS[1])
+`)
+
 // BeginAttempt counts a new attempt, marks the email as sending and returns
 // the record as it stands, with the results of earlier attempts.
 func (s *Store) BeginAttempt(ctx context.Context, e *Email) (*Record, error) {
-	key := recordKey(e.ID)
-	pipe := s.rdb.TxPipeline()
-	pipe.HIncrBy(ctx, key, "attempts", 1)
-	pipe.HSet(ctx, key, "state", StatusSending, "created_at", e.CreatedAt.UTC().Format(time.RFC3339Nano))
-	all := pipe.HGetAll(ctx, key)
-	pipe.Expire(ctx, key, s.ttl)
-	if _, err := pipe.Exec(ctx); err != nil {
+	v, err := beginScript.Run(ctx, s.rdb, []string{recordKey(e.ID)},
+		e.CreatedAt.UTC().Format(time.RFC3339Nano), s.ttl.Milliseconds()).StringSlice()
+	if err != nil {
 		return nil, fmt.Errorf("begin attempt: %w", err)
 	}
-	return parseRecord(all.Val())
+	m := make(map[string]string, len(v)/2)
+	for i := 0; i+1 < len(v); i += 2 {
+		m[v[i]] = v[i+1]
+	}
+	return parseRecord(m)
 }
 
 // Update is what one attempt learned.

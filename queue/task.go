@@ -78,6 +78,10 @@ type Email struct {
 
 	// SendAt, when set, holds the email until then (a sendq extension).
 	SendAt time.Time `json:"send_at,omitzero"`
+
+	// BodyHash is the SHA-256 of the request body when the request carried
+	// an Idempotency-Key: a repeat with the same key must have the same body.
+	BodyHash string `json:"body_hash,omitempty"`
 }
 
 // Recipients returns every envelope recipient (To, then Cc, then Bcc) once,

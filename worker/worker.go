@@ -40,7 +40,7 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// PollInterval is how often an idle worker looks for new tasks and
 	// how often due retries are moved to the queue. If zero, 1s for
-	// retries (asynq's default is 5s) and 200ms for new tasks.
+	// retries (asynq's default is 5s) and 50ms for new tasks.
 	PollInterval time.Duration
 	// SMTPRate limits SMTP transactions to the relay across every worker
 	// process (GCRA in Redis), like an SES account's send rate. Zero: no
@@ -127,7 +127,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
 	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, pool: pool, now: time.Now,
 		limiter: redis_rate.NewLimiter(rdb)}
 	delayed := time.Second
-	poll := 200 * time.Millisecond
+	poll := 50 * time.Millisecond
 	if cfg.PollInterval > 0 {
 		delayed, poll = cfg.PollInterval, cfg.PollInterval
 	}

@@ -655,3 +655,30 @@ func TestThrottlingReplyPausesSends(t *testing.T) {
 		t.Errorf("no log line about the throttling relay")
 	}
 }
+
+// An Idempotency-Key reused after the first email was forgotten gives the
+// same id: the old email's record must not make sendq skip the new one's
+// recipients.
+func TestRecordOfAnEarlierEmailWithTheSameIDIsIgnored(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	e := newEmail("a@example.com")
+	old := *e
+	old.CreatedAt = e.CreatedAt.Add(-48 * time.Hour)
+	if _, err := b.store.BeginAttempt(context.Background(), &old); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.store.Save(context.Background(), e.ID, queue.Update{State: queue.StatusSent, Recipients: map[string]queue.RecipientResult{
+		"a@example.com": {Status: queue.RecipientSent, Reply: queue.Reply{Code: 250}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	b.enqueue(t, e, 3)
+	st := b.waitFinal(t, e.ID)
+	if st.Status != queue.StatusSent || st.Attempts != 1 {
+		t.Errorf("status %s attempts %d; want sent in 1 attempt", st.Status, st.Attempts)
+	}
+	if got := b.smtp.Copies()["a@example.com"]; got != 1 {
+		t.Errorf("copies = %d; want 1 (the earlier email's record does not count)", got)
+	}
+}

@@ -544,7 +544,7 @@ func (r *runner) sendq(ctx context.Context) error {
 	}
 	r.res.delivery = throughput{n: in.Accepted, d: ph.last.Sub(start)}
 	var bad int
-	r.res.backlogLat, bad = enqueueTo250(ph.receipts())
+	r.res.backlogLat, bad = enqueueTo250(ph.receipts(), r.req.sentTimes("sendq", in))
 	r.res.badIDs += bad
 
 	if o.liveDuration <= 0 {
@@ -565,7 +565,7 @@ func (r *runner) sendq(ctx context.Context) error {
 	if err := r.await(ctx, "sendq live", ph.countdown); err != nil {
 		return err
 	}
-	r.res.liveLat, bad = enqueueTo250(ph.receipts())
+	r.res.liveLat, bad = enqueueTo250(ph.receipts(), r.req.sentTimes("live", live))
 	r.res.badIDs += bad
 	return nil
 }

@@ -81,8 +81,31 @@ func (rq *request) build(ctx context.Context, url string, phase string, i int) (
 	if rq.apiKey != "" {
 		req.Header.Set("Authorization", "Bearer "+rq.apiKey)
 	}
-	req.Header.Set("Idempotency-Key", rq.runID+"-"+phase+"-"+n)
+	req.Header.Set("Idempotency-Key", rq.idemKey(phase, i))
 	return req, nil
+}
+
+// idemKey is the Idempotency-Key of request i of phase.
+func (rq *request) idemKey(phase string, i int) string {
+	return rq.runID + "-" + phase + "-" + strconv.Itoa(i)
+}
+
+// sentTimes maps the email id of every request of a load run to the time it
+// was sent. With an Idempotency-Key the intake derives the id from the key
+// (producer.IdempotentID), so the id is known without reading the answers.
+func (rq *request) sentTimes(phase string, res *loadResult) map[string]time.Time {
+	keys, err := producer.ParseAPIKeys(rq.apiKey)
+	keyID := "anonymous"
+	if err == nil && len(keys) > 0 {
+		keyID = keys[0].ID
+	}
+	out := make(map[string]time.Time, len(res.SentAt))
+	for i, t := range res.SentAt {
+		if !t.IsZero() {
+			out[producer.IdempotentID(keyID, rq.idemKey(phase, i))] = t
+		}
+	}
+	return out
 }
 
 // newHTTPClient is the load generator's client: keep-alive connections,
@@ -109,6 +132,7 @@ type loadResult struct {
 	FirstErr string          // the first non-202, for the report
 	Elapsed  time.Duration   // first request sent to last answer
 	Latency  []time.Duration // of every request, sorted
+	SentAt   []time.Time     // when request i was sent
 }
 
 // ReqPerSec is the request rate over the run.
@@ -121,6 +145,7 @@ func (r *loadResult) ReqPerSec() float64 { return rate(r.N, r.Elapsed) }
 func runLoad(ctx context.Context, client *http.Client, url string, rq *request, phase string, n, c int, every time.Duration, progress *atomic.Int64) *loadResult {
 	res := &loadResult{N: n, Statuses: map[int]int{}}
 	lat := make([]time.Duration, n)
+	res.SentAt = make([]time.Time, n)
 	var next atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -139,6 +164,7 @@ func runLoad(ctx context.Context, client *http.Client, url string, rq *request, 
 						time.Sleep(d)
 					}
 				}
+				res.SentAt[i] = time.Now()
 				code, err := send(ctx, client, url, rq, phase, i, &lat[i])
 				progress.Add(1)
 				if code == http.StatusAccepted {

@@ -181,7 +181,7 @@ func (r *runner) report() *Report {
 			"RSS: API, worker, SMTP sink and load generator share this process (the worker is in process), so the worker alone uses less")
 	}
 	if res.badIDs > 0 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("%d received messages had no UUIDv7 Message-ID; left out of the latencies", res.badIDs))
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d received messages had a Message-ID the load generator did not send; left out of the latencies", res.badIDs))
 	}
 	if o.target != "" {
 		rep.Notes = append(rep.Notes, "intake of "+o.target+" (its own Redis and workers); the naive intake ran in this process")
