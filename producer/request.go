@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"mime"
 	"path"
 	"strconv"
@@ -205,27 +206,32 @@ func decodeObject(raw []byte, known map[string]string, prefix string) (map[strin
 		}
 		return nil, fieldErr(prefix, "must be a JSON object")
 	}
-	// Check the syntax; the members are read below.
-	var m struct{}
-	if err := json.Unmarshal(trimmed, &m); err != nil {
+	invalid := func(err error) error {
 		if prefix == "" {
-			return nil, &FieldError{Code: "invalid_json", Message: "body is not valid JSON: " + err.Error()}
+			return &FieldError{Code: "invalid_json", Message: "body is not valid JSON: " + err.Error()}
 		}
-		return nil, fieldErr(prefix, "is not a valid JSON object")
+		return fieldErr(prefix, "is not a valid JSON object")
 	}
 	// Walk the members in order: decoding into a map would keep only the
 	// last of two members with the same name, silently dropping the first.
+	// The walk checks the syntax too, so the body is scanned once.
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	if _, err := dec.Token(); err != nil {
-		return nil, fieldErr(prefix, "is not a valid JSON object")
+		return nil, invalid(err)
 	}
-	out := make(map[string]json.RawMessage)
+	out := make(map[string]json.RawMessage, len(known))
 	for dec.More() {
 		tok, err := dec.Token()
+		if err != nil {
+			return nil, invalid(err)
+		}
 		k, isKey := tok.(string)
 		var v json.RawMessage
-		if err != nil || !isKey || dec.Decode(&v) != nil {
-			return nil, fieldErr(prefix, "is not a valid JSON object")
+		if !isKey {
+			return nil, invalid(fmt.Errorf("object key is not a string"))
+		}
+		if err := dec.Decode(&v); err != nil {
+			return nil, invalid(err)
 		}
 		name, ok := known[strings.ToLower(k)]
 		field := k
@@ -250,6 +256,13 @@ func decodeObject(raw []byte, known map[string]string, prefix string) (map[strin
 			return nil, fieldErr(label, "has a \\u escape of half a UTF-16 surrogate pair")
 		}
 		out[name] = v
+	}
+	// The closing brace, then nothing but white space.
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return nil, invalid(fmt.Errorf("object is not closed"))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, invalid(fmt.Errorf("data after the object"))
 	}
 	return out, nil
 }
@@ -304,11 +317,29 @@ func optStringAt(fields map[string]json.RawMessage, name, label string) (string,
 	if !ok || isNull(raw) {
 		return "", nil
 	}
+	if s, ok := plainString(raw); ok {
+		return s, nil
+	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
 		return "", fieldErr(label, "must be a string")
 	}
 	return s, nil
+}
+
+// plainString returns the value of a JSON string without escapes, the
+// common case, without a second scan; ok is false for anything else.
+func plainString(raw json.RawMessage) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	body := raw[1 : len(raw)-1]
+	for _, c := range body {
+		if c == '\\' || c == '"' || c < 0x20 {
+			return "", false
+		}
+	}
+	return string(body), true // UTF-8 was checked by decodeObject
 }
 
 func flexBool(raw json.RawMessage) (bool, error) {
