@@ -46,16 +46,16 @@ func BenchmarkStoreSave(b *testing.B) {
 	}
 }
 
-// BenchmarkStoreBeginAttempt measures the worker's first Redis round trip
-// of an attempt: count it and read the earlier results.
-func BenchmarkStoreBeginAttempt(b *testing.B) {
+// BenchmarkStoreLoad measures the worker's first Redis round trip of an
+// attempt: read the earlier results.
+func BenchmarkStoreLoad(b *testing.B) {
 	rdb := redistest.Start(b).Client(b)
 	store := queue.NewStore(rdb, 0)
 	e := benchEmail()
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := store.BeginAttempt(ctx, e); err != nil {
+		if _, err := store.Load(ctx, e); err != nil {
 			b.Fatal(err)
 		}
 	}

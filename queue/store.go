@@ -56,6 +56,8 @@ type Record struct {
 	LastError  string
 	SentAt     time.Time
 	Recipients map[string]RecipientResult
+	// Stale marks a record of an earlier email with the same id.
+	Stale bool
 }
 
 // Store keeps delivery records in Redis, one hash per email. Every key of an
@@ -84,34 +86,23 @@ func recordKey(id string) string { return "sendq:email:{" + id + "}" }
 
 const rcptPrefix = "r:"
 
-// beginScript counts an attempt and returns the record. A record written for
-// an earlier email with the same id (an Idempotency-Key reused after the
-// first email was forgotten) has another created_at: it is dropped first, so
-// its recipients are not taken as already sent.
-var beginScript = redis.NewScript(`
-local created = redis.call("HGET", KEYS[1], "created_at")
-if created and created ~= ARGV[1] then
-  redis.call("DEL", KEYS[1])
-end
-redis.call("HINCRBY", KEYS[1], "attempts", 1)
-redis.call("HSET", KEYS[1], "state", "sending", "created_at", ARGV[1])
-redis.call("PEXPIRE", KEYS[1], ARGV[2])
-return redis.call("HGETALL", KEYS[1])
-`)
-
-// BeginAttempt counts a new attempt, marks the email as sending and returns
-// the record as it stands, with the results of earlier attempts.
-func (s *Store) BeginAttempt(ctx context.Context, e *Email) (*Record, error) {
-	v, err := beginScript.Run(ctx, s.rdb, []string{recordKey(e.ID)},
-		e.CreatedAt.UTC().Format(time.RFC3339Nano), s.ttl.Milliseconds()).StringSlice()
+// Load returns the record of email e for a new attempt: the results of
+// earlier attempts. A record written for an earlier email with the same id
+// (an Idempotency-Key reused after the first email was forgotten) has
+// another created_at: Load returns an empty record marked Stale, and the
+// next Save with Reset drops the old one.
+func (s *Store) Load(ctx context.Context, e *Email) (*Record, error) {
+	rec, err := s.Get(ctx, e.ID)
+	if errors.Is(err, ErrNoRecord) {
+		return &Record{Recipients: map[string]RecipientResult{}}, nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("begin attempt: %w", err)
+		return nil, err
 	}
-	m := make(map[string]string, len(v)/2)
-	for i := 0; i+1 < len(v); i += 2 {
-		m[v[i]] = v[i+1]
+	if !rec.CreatedAt.IsZero() && !rec.CreatedAt.Equal(e.CreatedAt) {
+		return &Record{Recipients: map[string]RecipientResult{}, Stale: true}, nil
 	}
-	return parseRecord(m)
+	return rec, nil
 }
 
 // Update is what one attempt learned.
@@ -121,7 +112,10 @@ type Update struct {
 	LastError  string
 	SentAt     time.Time
 	CreatedAt  time.Time // written only when set
+	Attempts   int       // written only when set
 	Recipients map[string]RecipientResult
+	// Reset drops the record before writing (it was Stale).
+	Reset bool
 }
 
 // Save writes u into the record of email id in one round trip. The worker
@@ -142,6 +136,9 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	if !u.CreatedAt.IsZero() {
 		fields = append(fields, "created_at", u.CreatedAt.UTC().Format(time.RFC3339Nano))
 	}
+	if u.Attempts > 0 {
+		fields = append(fields, "attempts", u.Attempts)
+	}
 	if !u.SentAt.IsZero() {
 		fields = append(fields, "sent_at", u.SentAt.UTC().Format(time.RFC3339Nano))
 	}
@@ -155,7 +152,13 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	if len(fields) == 0 {
 		return nil
 	}
-	pipe := s.rdb.TxPipeline()
+	// One round trip; the commands run in order on one connection. A
+	// MULTI would cost Redis more and buys nothing here: every field is
+	// written whole, and the expiry is refreshed by the next write anyway.
+	pipe := s.rdb.Pipeline()
+	if u.Reset {
+		pipe.Del(ctx, key)
+	}
 	pipe.HSet(ctx, key, fields...)
 	pipe.Expire(ctx, key, s.ttl)
 	if _, err := pipe.Exec(ctx); err != nil {

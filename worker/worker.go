@@ -207,18 +207,22 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	log := w.log.With("email_id", e.ID)
-	rec, err := w.cfg.Store.BeginAttempt(ctx, e)
+	rec, err := w.cfg.Store.Load(ctx, e)
 	if err != nil {
 		w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
 		log.Warn("delivery attempt aborted", "err", err)
 		return err
 	}
-	if rec.Attempts == 1 {
-		w.m.EnqueueToFirst.Observe(start.Sub(e.CreatedAt).Seconds())
-	}
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
 	lastTry := retried >= maxRetry
+	// asynq counts failed attempts (a worker that died counts too, once
+	// its lease expired); the record counts attempts that got to write.
+	// A task requeued by a shutdown is counted by neither until it ends.
+	attempt := max(rec.Attempts, retried) + 1
+	if attempt == 1 {
+		w.m.EnqueueToFirst.Observe(start.Sub(e.CreatedAt).Seconds())
+	}
 
 	var pending []string
 	for _, r := range e.Recipients() {
@@ -288,7 +292,8 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 	}
 
-	u := queue.Update{Recipients: results, LastError: formatReply(lastReply)}
+	u := queue.Update{Recipients: results, LastError: formatReply(lastReply),
+		Attempts: attempt, CreatedAt: e.CreatedAt, Reset: rec.Stale}
 	if lastReply == (queue.Reply{}) || lastReply.Code == 250 {
 		u.LastError = ""
 	}
@@ -317,12 +322,12 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case metrics.OutcomeSent:
 		w.m.EmailsSent.Inc()
 		w.m.EnqueueToSent.Observe(w.now().Sub(e.CreatedAt).Seconds())
-		w.m.AttemptsPerMsg.Observe(float64(rec.Attempts))
+		w.m.AttemptsPerMsg.Observe(float64(attempt))
 	case metrics.OutcomeFailed:
 		w.m.EmailsFailed.WithLabelValues(reason).Inc()
-		w.m.AttemptsPerMsg.Observe(float64(rec.Attempts))
+		w.m.AttemptsPerMsg.Observe(float64(attempt))
 	}
-	log.Info("delivery attempt", "attempt", rec.Attempts, "outcome", outcome,
+	log.Info("delivery attempt", "attempt", attempt, "outcome", outcome,
 		"recipients", len(pending), "sent", nSent, "deferred", nDeferred, "failed", nFailed,
 		"reply_code", lastReply.Code, "enhanced_code", lastReply.EnhancedCode,
 		"duration_ms", w.now().Sub(start).Milliseconds())

@@ -665,10 +665,7 @@ func TestRecordOfAnEarlierEmailWithTheSameIDIsIgnored(t *testing.T) {
 	e := newEmail("a@example.com")
 	old := *e
 	old.CreatedAt = e.CreatedAt.Add(-48 * time.Hour)
-	if _, err := b.store.BeginAttempt(context.Background(), &old); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.store.Save(context.Background(), e.ID, queue.Update{State: queue.StatusSent, Recipients: map[string]queue.RecipientResult{
+	if err := b.store.Save(context.Background(), e.ID, queue.Update{State: queue.StatusSent, CreatedAt: old.CreatedAt, Attempts: 3, Recipients: map[string]queue.RecipientResult{
 		"a@example.com": {Status: queue.RecipientSent, Reply: queue.Reply{Code: 250}},
 	}}); err != nil {
 		t.Fatal(err)
