@@ -68,3 +68,23 @@ func containsLine(s, line string) bool {
 	}
 	return false
 }
+
+// The full path through a Redis found by asking a real Sentinel.
+func TestRedisSentinel(t *testing.T) {
+	sn := redistest.StartSentinel(t)
+	sink := smtptest.Start(t)
+	p := startSendq(t, "serve", "REDIS_URL="+sn.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none")
+	base := "http://" + p.Addr
+	r := call(t, "POST", base+"/v1/emails", seedJSON, map[string]string{"Idempotency-Key": "sentinel-1"})
+	var acc struct{ ID string }
+	if r.Resp.StatusCode != 202 || json.Unmarshal(r.Body, &acc) != nil {
+		t.Fatalf("POST = %d %s", r.Resp.StatusCode, r.Body)
+	}
+	if st := waitStatus(t, base, acc.ID, nil, "sent", "failed"); st["status"] != "sent" {
+		t.Errorf("status = %v", st)
+	}
+	if rr := call(t, "GET", base+"/readyz", nil, nil); rr.Resp.StatusCode != 200 {
+		t.Errorf("readyz = %d", rr.Resp.StatusCode)
+	}
+	p.stop(t, 30*time.Second)
+}

@@ -4,6 +4,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,4 +99,59 @@ func startOn(t testing.TB, port int, extra ...string) *Server {
 	}
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// Sentinel is a Redis master watched by one real redis-sentinel.
+type Sentinel struct {
+	Master *Server
+	Addr   string // the sentinel's address
+	Name   string // the monitored master's name
+}
+
+// URL is the redis-sentinel:// URL sendq reads.
+func (s *Sentinel) URL() string { return "redis-sentinel://" + s.Addr + "/0?master=" + s.Name }
+
+// StartSentinel starts a master and a sentinel monitoring it as "mymaster".
+func StartSentinel(t testing.TB) *Sentinel {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if os.Getenv("SENDQ_TEST_REQUIRE_REDIS") != "" {
+			t.Fatalf("redis-server not found and SENDQ_TEST_REQUIRE_REDIS is set")
+		}
+		t.Skip("redis-server not found: the sentinel test needs real binaries")
+	}
+	master := Start(t)
+	_, mport, _ := net.SplitHostPort(master.Addr)
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	body := "port " + strconv.Itoa(port) + "\nbind 127.0.0.1\ndir " + dir + "\n" +
+		"sentinel monitor mymaster 127.0.0.1 " + mport + " 1\n" +
+		"sentinel down-after-milliseconds mymaster 5000\n"
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin, _ := exec.LookPath("redis-server")
+	s := &Server{Real: true, dir: dir, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		args: []string{conf, "--sentinel"}}
+	if err := s.start(bin); err != nil {
+		t.Fatalf("start sentinel: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	sc := redis.NewSentinelClient(&redis.Options{Addr: s.Addr})
+	defer sc.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		addr, err := sc.GetMasterAddrByName(t.Context(), "mymaster").Result()
+		if err == nil && len(addr) == 2 && addr[1] == mport {
+			return &Sentinel{Master: master, Addr: s.Addr, Name: "mymaster"}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sentinel does not know the master: %v %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -115,7 +115,7 @@ func (s *Server) start(bin string) error {
 			line := sc.Text()
 			if !sent {
 				lines = append(lines, line)
-				if strings.Contains(line, "Ready to accept connections") {
+				if strings.Contains(line, "Ready to accept connections") || strings.Contains(line, "+monitor master") {
 					ready <- nil
 					sent = true
 				}
