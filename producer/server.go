@@ -248,7 +248,13 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		return
 	}
 	if err != nil {
-		a.unavailable(w, err)
+		// A timeout leaves it open whether Redis ran the enqueue (a
+		// frozen Redis runs it when it wakes): say so, and point at the
+		// Idempotency-Key, which makes the retry safe either way.
+		a.log.Error("enqueue failed", "email_id", e.ID, "err", err)
+		w.Header().Set("Retry-After", "5")
+		WriteError(w, http.StatusServiceUnavailable, "queue_unavailable", "",
+			"the queue did not confirm the email; retry later, with the same Idempotency-Key to be sure it is sent once")
 		return
 	}
 	// From here on the email is in Redis: it is accepted.
@@ -288,7 +294,7 @@ func (a *API) accepted(w http.ResponseWriter, id, status string) {
 func (a *API) unavailable(w http.ResponseWriter, err error) {
 	a.log.Error("redis unavailable", "err", err)
 	w.Header().Set("Retry-After", "5")
-	WriteError(w, http.StatusServiceUnavailable, "queue_unavailable", "", "the queue is unavailable; nothing was accepted, retry later")
+	WriteError(w, http.StatusServiceUnavailable, "queue_unavailable", "", "the queue is unavailable; retry later")
 }
 
 func validID(id string) bool {

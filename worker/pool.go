@@ -159,6 +159,22 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	return &Conn{c: c, created: now, lastUsed: now, dsn: dsn}, nil
 }
 
+// DropIdle closes every idle connection. The worker calls it when a reused
+// connection turns out dead: the others were opened before the same event
+// (a relay restart, a network change) and are most likely dead too, so the
+// next Get dials instead of finding them one by one.
+func (p *Pool) DropIdle() {
+	for {
+		select {
+		case c := <-p.idle:
+			p.m.PoolIdle.Dec()
+			p.discard(c, false)
+		default:
+			return
+		}
+	}
+}
+
 // Put returns c to the pool after use. A connection whose last error left it
 // unusable (no reply, 421) is closed, never reused; so is every connection
 // once the pool is closed or the connection is too old.

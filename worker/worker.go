@@ -342,15 +342,23 @@ func (w *Worker) save(ctx context.Context, id string, u queue.Update) error {
 	ctx = context.WithoutCancel(ctx)
 	var err error
 	delay := 100 * time.Millisecond
-	for try := 0; try < 6; try++ {
+	deadline := w.now().Add(saveRetryFor)
+	for {
 		if err = w.cfg.Store.Save(ctx, id, u); err == nil {
 			return nil
 		}
+		if w.now().Add(delay).After(deadline) {
+			return err
+		}
 		time.Sleep(delay)
-		delay *= 2
+		delay = min(2*delay, 2*time.Second)
 	}
-	return err
 }
+
+// saveRetryFor bounds how long save keeps trying: long enough to ride out a
+// Redis restart or failover, shorter than asynq's 30 s task lease, after
+// which another worker may take the task.
+const saveRetryFor = 20 * time.Second
 
 // deliver sends e to the pending recipients and judges each one. A
 // transaction that fails before any RCPT on a reused connection (the server
@@ -380,6 +388,10 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) 
 		if !(res.BeforeRcpt && res.Broken && reused) {
 			break
 		}
+		// A reused connection was dead before the first RCPT: the relay
+		// dropped it while idle, or restarted. Its idle siblings are as
+		// old; drop them so the second try dials.
+		w.pool.DropIdle()
 	}
 	now := w.now()
 	out := make(map[string]queue.RecipientResult, len(pending))
@@ -413,6 +425,9 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) 
 // cooldown a throttling relay imposed, and within the shared relay rate.
 func (w *Worker) waitTurn(ctx context.Context) error {
 	if d := time.Duration(w.pausedUntil.Load() - w.now().UnixNano()); d > 0 {
+		// Spread the waiting sends over a tenth of the pause, so they do
+		// not all hit the relay in the same instant when it ends.
+		d += time.Duration(rand.Int64N(int64(d)/10 + 1))
 		if err := sleepCtx(ctx, d); err != nil {
 			return fmt.Errorf("relay cooldown: %w", err)
 		}
@@ -436,18 +451,18 @@ func (w *Worker) waitTurn(ctx context.Context) error {
 	}
 }
 
-// throttled starts or lengthens the cooldown after a throttling reply.
+// throttled starts or lengthens the cooldown after a throttling reply. The
+// cooldown doubles once per episode: replies that arrive while a pause is
+// already running (sends that were in flight together) do not lengthen it.
 func (w *Worker) throttled() {
 	w.m.RelayThrottles.Inc()
-	d := 2 * time.Duration(w.cooldown.Load())
-	if d < time.Second {
-		d = time.Second
+	now := w.now()
+	if now.UnixNano() < w.pausedUntil.Load() {
+		return
 	}
-	if d > maxCooldown {
-		d = maxCooldown
-	}
+	d := min(max(2*time.Duration(w.cooldown.Load()), time.Second), maxCooldown)
 	w.cooldown.Store(int64(d))
-	w.pausedUntil.Store(w.now().Add(d).UnixNano())
+	w.pausedUntil.Store(now.Add(d).UnixNano())
 	w.log.Warn("relay is throttling: pausing sends", "cooldown", d)
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sendq/sendq/internal/bench"
 	"github.com/sendq/sendq/internal/config"
@@ -97,6 +98,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	// go-redis logs pool trouble itself; route it through slog too.
+	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := serve(ctx, name, cfg, log); err != nil {
@@ -138,6 +141,14 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// redisLogger adapts slog to go-redis' logger. go-redis formats addresses,
+// never passwords, into these lines.
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
+	r.l.Warn(fmt.Sprintf(format, v...))
 }
 
 // serve builds the components for mode (serve, api or worker), runs them
