@@ -2,7 +2,7 @@
 GO ?= go
 FUZZTIME ?= 10s
 
-.PHONY: help run test test-short fuzz-short vet lint build bench clean
+.PHONY: help run test test-short fuzz-short chaos chaos-short vet lint build bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,6 +24,14 @@ fuzz-short: ## run every fuzz target for FUZZTIME each (default 10s)
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 3s $$pkg; \
 	  done; \
 	done
+
+chaos: ## the fault-injection suite, full form (real processes; prints the reliability table)
+	./scripts/ensure-test-deps.sh
+	SENDQ_TEST_REQUIRE_REDIS=1 CHAOS_REPORT=chaos-report.md $(GO) test -tags chaos -count=1 -v -timeout 30m ./internal/chaos/
+
+chaos-short: ## the fault suite in its bounded form (CI)
+	./scripts/ensure-test-deps.sh
+	SENDQ_TEST_REQUIRE_REDIS=1 CHAOS_SHORT=1 CHAOS_REPORT=chaos-report.md $(GO) test -tags chaos -count=1 -v -timeout 15m ./internal/chaos/
 
 vet: ## gofmt, go vet and go mod tidy checks
 	@test -z "$$(gofmt -l . | tee /dev/stderr)"
