@@ -62,6 +62,10 @@ func ParseAddress(s string) (queue.Address, error) {
 	if hasControl(s) {
 		return queue.Address{}, fmt.Errorf("contains a control character")
 	}
+	if bareAddrSpec(s) && checkAddrSpec(s) == nil {
+		// The common case, "user@example.com": nothing for net/mail to do.
+		return queue.Address{Address: s}, nil
+	}
 	a, err := mail.ParseAddress(s)
 	if err != nil {
 		return queue.Address{}, fmt.Errorf("%q is not an email address", s)
@@ -141,4 +145,21 @@ func hasControl(s string) bool {
 		}
 	}
 	return false
+}
+
+// bareAddrSpec reports whether s is only ASCII atext, dots and one '@': an
+// address without a display name, quotes, comments or white space.
+func bareAddrSpec(s string) bool {
+	at := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '@':
+			at++
+		case c == '.' || isAtext(c):
+		default:
+			return false
+		}
+	}
+	return at == 1
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"mime"
 	"path"
 	"strconv"
@@ -212,27 +211,22 @@ func decodeObject(raw []byte, known map[string]string, prefix string) (map[strin
 		}
 		return fieldErr(prefix, "is not a valid JSON object")
 	}
-	// Walk the members in order: decoding into a map would keep only the
-	// last of two members with the same name, silently dropping the first.
-	// The walk checks the syntax too, so the body is scanned once.
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	if _, err := dec.Token(); err != nil {
-		return nil, invalid(err)
+	// One validating scan (no allocation), then a walk over the top-level
+	// members in order: decoding into a map would keep only the last of two
+	// members with the same name, silently dropping the first.
+	if !json.Valid(trimmed) {
+		var v any
+		return nil, invalid(json.Unmarshal(trimmed, &v)) // for the message
 	}
 	out := make(map[string]json.RawMessage, len(known))
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, invalid(err)
+	for m := range members(trimmed) {
+		k := strings.ToValidUTF8(string(m.key), "\uFFFD")
+		if m.escaped {
+			if err := json.Unmarshal(m.quoted, &k); err != nil {
+				return nil, invalid(err)
+			}
 		}
-		k, isKey := tok.(string)
-		var v json.RawMessage
-		if !isKey {
-			return nil, invalid(fmt.Errorf("object key is not a string"))
-		}
-		if err := dec.Decode(&v); err != nil {
-			return nil, invalid(err)
-		}
+		v := json.RawMessage(m.value)
 		name, ok := known[strings.ToLower(k)]
 		field := k
 		if prefix != "" {
@@ -257,14 +251,92 @@ func decodeObject(raw []byte, known map[string]string, prefix string) (map[strin
 		}
 		out[name] = v
 	}
-	// The closing brace, then nothing but white space.
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
-		return nil, invalid(fmt.Errorf("object is not closed"))
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, invalid(fmt.Errorf("data after the object"))
-	}
 	return out, nil
+}
+
+// member is one top-level member of a JSON object.
+type member struct {
+	key     []byte // between the quotes, escapes not undone
+	quoted  []byte // the key with its quotes
+	escaped bool   // the key has a backslash escape
+	value   []byte // the raw value
+}
+
+// members yields the top-level members of b, which must be a valid JSON
+// object (json.Valid): the walk trusts the syntax and only finds bounds.
+func members(b []byte) func(func(member) bool) {
+	return func(yield func(member) bool) {
+		i := skipSpace(b, 1)
+		for i < len(b) && b[i] == '"' {
+			end, escaped := skipString(b, i)
+			m := member{key: b[i+1 : end-1], quoted: b[i:end], escaped: escaped}
+			i = skipSpace(b, end)
+			i = skipSpace(b, i+1) // the colon
+			vend := skipValue(b, i)
+			m.value = b[i:vend]
+			if !yield(m) {
+				return
+			}
+			i = skipSpace(b, vend)
+			if i < len(b) && b[i] == ',' {
+				i = skipSpace(b, i+1)
+			}
+		}
+	}
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the index after the string starting at b[i] == '"'.
+func skipString(b []byte, i int) (int, bool) {
+	escaped := false
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			escaped = true
+			i++
+		case '"':
+			return i + 1, escaped
+		}
+	}
+	return len(b), escaped
+}
+
+// skipValue returns the index after the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		end, _ := skipString(b, i)
+		return end
+	case '{', '[':
+		depth := 0
+		for i < len(b) {
+			switch b[i] {
+			case '"':
+				i, _ = skipString(b, i)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+			i++
+		}
+		return i
+	default: // number, true, false, null
+		for i < len(b) && !strings.ContainsRune(",}] \t\r\n", rune(b[i])) {
+			i++
+		}
+		return i
+	}
 }
 
 // hasLoneSurrogate reports a \uD800-\uDFFF escape in JSON text b that is not
