@@ -2,7 +2,9 @@ package producer
 
 import (
 	"encoding/json"
+	"log/slog"
 	"net/http"
+	"time"
 )
 
 // ErrorBody is the JSON of every error response.
@@ -30,4 +32,20 @@ func WriteJSON(w http.ResponseWriter, code int, v any) {
 // WriteError writes {"error": {"code", "message", "field"}}.
 func WriteError(w http.ResponseWriter, status int, code, field, msg string) {
 	WriteJSON(w, status, ErrorBody{Error: ErrorDetail{Code: code, Message: msg, Field: field}})
+}
+
+// NewHTTPServer returns the HTTP server every sendq process runs: bounded
+// read-header (5 s, against clients that never finish their headers), read
+// and write (60 s, for bodies up to 25 MiB) and idle (120 s) times, 64 KiB
+// of headers at most, and its errors logged through log.
+func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
 }

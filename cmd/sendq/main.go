@@ -290,15 +290,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		}
 		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
-	srv := &http.Server{
-		Handler:           m.Instrument(mux),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := producer.NewHTTPServer(m.Instrument(mux), log)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }() // ends when srv.Shutdown is called
 	log.Info("sendq listening", "mode", mode, "addr", ln.Addr().String())

@@ -1,10 +1,8 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -12,13 +10,15 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sendq/sendq/internal/redistest"
 )
 
 // redisServer is a private, throw-away redis-server on a free loopback
 // port: no persistence, its own temporary directory, killed by stop.
 type redisServer struct {
+	*redistest.Server
 	addr string
-	cmd  *exec.Cmd
 	dir  string
 }
 
@@ -33,84 +33,20 @@ func startRedis() (*redisServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis dir: %w", err)
 	}
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ { // a free port can be taken before redis binds it
-		port, err := freePort()
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		s := &redisServer{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir}
-		if lastErr = s.start(bin, port); lastErr == nil {
-			return s, nil
-		}
-	}
-	_ = os.RemoveAll(dir)
-	return nil, fmt.Errorf("start redis-server: %w", lastErr)
-}
-
-func (s *redisServer) start(bin string, port int) error {
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir, "--protected-mode", "yes")
-	out, err := cmd.StdoutPipe()
+	s, err := redistest.Launch(bin, dir)
 	if err != nil {
-		return err
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("start redis-server: %w", err)
 	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	ready := make(chan error, 1)
-	// Read the log until the server is ready, then drain it so the server
-	// never blocks on a full pipe. The goroutine exits with the process.
-	go func() {
-		sc := bufio.NewScanner(out)
-		var lines []string
-		sent := false
-		for sc.Scan() {
-			if sent {
-				continue
-			}
-			lines = append(lines, sc.Text())
-			if strings.Contains(sc.Text(), "Ready to accept connections") {
-				ready <- nil
-				sent = true
-			}
-		}
-		if !sent {
-			ready <- fmt.Errorf("redis-server exited: %s", strings.Join(lines, "\n"))
-		}
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			_ = cmd.Wait()
-			return err
-		}
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		return fmt.Errorf("redis-server did not get ready in 10s")
-	}
-	s.cmd = cmd
-	return nil
+	return &redisServer{Server: s, addr: s.Addr, dir: dir}, nil
 }
 
-func (s *redisServer) url() string { return "redis://" + s.addr + "/0" }
+func (s *redisServer) url() string { return s.URL() }
 
 // stop kills the server and removes its directory.
 func (s *redisServer) stop() {
-	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	s.Stop()
 	_ = os.RemoveAll(s.dir)
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // usedMemory is INFO memory's used_memory: the bytes Redis has allocated.

@@ -77,15 +77,7 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 		p.closeRedis()
 		return nil, err
 	}
-	p.srv = &http.Server{
-		Handler:           p.m.Instrument(mux),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       60 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	p.srv = producer.NewHTTPServer(p.m.Instrument(mux), log)
 	p.url = "http://" + ln.Addr().String() + "/v1/emails"
 	// Connection goroutines inherit the label (see the CPU profile).
 	// Serve returns when stop shuts the server down.

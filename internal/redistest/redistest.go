@@ -1,4 +1,5 @@
-// Package redistest starts a private, throw-away redis-server for a test.
+// Package redistest starts a private, throw-away redis-server for a test
+// (and for sendq bench, through Launch).
 //
 // Every call to Start gets its own server on a free loopback port, so test
 // packages (and parallel tests inside one) never share data and never touch
@@ -70,27 +71,35 @@ func Start(t testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(&extra)
 	}
-	s := &Server{Real: true, dir: t.TempDir()}
-	for attempt := 0; ; attempt++ {
+	s, err := Launch(bin, t.TempDir(), extra...)
+	if err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() { s.Stop() })
+	return s
+}
+
+// Launch starts the redis-server binary bin on a free loopback port, with
+// dir as its working directory, no persistence unless extra says so. The
+// caller must Stop it. sendq bench uses it outside tests.
+func Launch(bin, dir string, extra ...string) (*Server, error) {
+	s := &Server{Real: true, dir: dir}
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ { // a free port can be taken before redis binds it
 		port, err := freePort()
 		if err != nil {
-			t.Fatalf("free port: %v", err)
+			return nil, fmt.Errorf("free port: %w", err)
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		s.args = append([]string{
 			"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 			"--dir", s.dir, "--protected-mode", "yes",
 		}, extra...)
-		err = s.start(bin)
-		if err == nil {
-			break
-		}
-		if attempt == 4 {
-			t.Fatalf("start redis-server: %v", err)
+		if lastErr = s.start(bin); lastErr == nil {
+			return s, nil
 		}
 	}
-	t.Cleanup(func() { s.Stop() })
-	return s
+	return nil, lastErr
 }
 
 func (s *Server) start(bin string) error {
