@@ -291,8 +291,9 @@ type TxResult struct {
 }
 
 // Send runs one transaction on c: MAIL, one RCPT per recipient, DATA, and
-// RSET. Recipients are judged one by one: a rejected RCPT does not stop the
-// others. An error at RSET after the 250 to DATA does not undo delivery.
+// RSET after a transaction that did not complete. Recipients are judged one
+// by one: a rejected RCPT does not stop the others. Nothing after the 250 to
+// the final dot can undo delivery.
 func (c *Conn) Send(ctx context.Context, timeout time.Duration, env Envelope, msg io.WriterTo) *TxResult {
 	res := &TxResult{Rcpt: make(map[string]error, len(env.To))}
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
@@ -348,7 +349,11 @@ func (c *Conn) Send(ctx context.Context, timeout time.Duration, env Envelope, ms
 	for _, r := range accepted {
 		res.Rcpt[r] = nil
 	}
-	return res.reset(c)
+	// The 250 to the final dot ends the transaction (RFC 5321 4.1.1.4):
+	// the next MAIL starts a new one without an RSET round trip. A
+	// connection that died meanwhile shows at that MAIL, before any RCPT,
+	// and the worker redials at once.
+	return res
 }
 
 func (r *TxResult) failAll(rcpts []string, err error, broken bool) *TxResult {
