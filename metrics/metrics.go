@@ -78,7 +78,8 @@ var Routes = []string{
 	"DELETE /v1/emails/{id}", "other",
 }
 
-// Reasons must match queue.Reasons; metrics does not import queue.
+// Reasons are queue.Reasons (metrics does not import queue; a test keeps
+// the two lists equal).
 var Reasons = []string{"permanent", "transient", "expired", "canceled", "invalid"}
 
 // New registers sendq's collectors, the Go and process collectors and a

@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/metrics"
+	"github.com/sendq/sendq/queue"
 )
 
 func TestQueueCollectorOnAFreshAndAFilledRedis(t *testing.T) {
@@ -62,4 +64,10 @@ func labelValue(pairs []*dto.LabelPair, name string) string {
 		}
 	}
 	return ""
+}
+
+func TestReasonsMatchTheQueueContract(t *testing.T) {
+	if fmt.Sprint(metrics.Reasons) != fmt.Sprint(queue.Reasons) {
+		t.Errorf("metrics.Reasons = %v; queue.Reasons = %v", metrics.Reasons, queue.Reasons)
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/mail"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -32,11 +31,6 @@ const (
 type Address struct {
 	Name    string `json:"name,omitempty"`
 	Address string `json:"address"`
-}
-
-// String formats the address as a header value would show it.
-func (a Address) String() string {
-	return (&mail.Address{Name: a.Name, Address: a.Address}).String()
 }
 
 // Attachment is one decoded attachment or inline part.

@@ -163,9 +163,6 @@ func (w *Worker) Shutdown() {
 	w.pool.Close()
 }
 
-// Pool is the worker's SMTP connection pool.
-func (w *Worker) Pool() *Pool { return w.pool }
-
 // retryDelay is the backoff: base * 2^n with ±20% jitter, capped at max.
 // A relay that throttled us makes the next delay at least doubled.
 func (w *Worker) retryDelay(n int, err error, _ *asynq.Task) time.Duration {

@@ -11,12 +11,10 @@ package redistest
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -185,16 +183,6 @@ func (s *Server) Restart(t testing.TB) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
-
-// Ping reports whether the server answers.
-func (s *Server) Ping(ctx context.Context) error {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
-	defer c.Close()
-	return c.Ping(ctx).Err()
-}
-
-// Dir is the server's working directory (AOF files live there).
-func (s *Server) Dir() string { return filepath.Clean(s.dir) }
 
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
