@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/internal/smtptest"
 )
@@ -14,7 +15,7 @@ import (
 func TestRedisCluster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	sink := smtptest.Start(t)
-	p := startSendq(t, "serve", "REDIS_URL="+cl.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none")
+	p := proctest.Start(t, binary, "serve", "REDIS_URL="+cl.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none")
 	base := "http://" + p.Addr
 	idem := map[string]string{"Idempotency-Key": "cluster-1"}
 	var ids []string
@@ -57,7 +58,7 @@ func TestRedisCluster(t *testing.T) {
 	if !containsLine(string(m.Body), `sendq_queue_tasks{queue="emails",state="completed"} 20`) {
 		t.Errorf("queue depth from the cluster is missing or wrong")
 	}
-	p.stop(t, 30*time.Second)
+	p.Stop(t, 30*time.Second)
 }
 
 func containsLine(s, line string) bool {
@@ -73,7 +74,7 @@ func containsLine(s, line string) bool {
 func TestRedisSentinel(t *testing.T) {
 	sn := redistest.StartSentinel(t)
 	sink := smtptest.Start(t)
-	p := startSendq(t, "serve", "REDIS_URL="+sn.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none")
+	p := proctest.Start(t, binary, "serve", "REDIS_URL="+sn.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none")
 	base := "http://" + p.Addr
 	r := call(t, "POST", base+"/v1/emails", seedJSON, map[string]string{"Idempotency-Key": "sentinel-1"})
 	var acc struct{ ID string }
@@ -86,5 +87,5 @@ func TestRedisSentinel(t *testing.T) {
 	if rr := call(t, "GET", base+"/readyz", nil, nil); rr.Resp.StatusCode != 200 {
 		t.Errorf("readyz = %d", rr.Resp.StatusCode)
 	}
-	p.stop(t, 30*time.Second)
+	p.Stop(t, 30*time.Second)
 }

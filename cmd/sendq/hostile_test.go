@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/internal/smtptest"
 )
@@ -16,7 +17,7 @@ import (
 func TestHostileInputNeverReachesSMTP(t *testing.T) {
 	rs := redistest.Start(t)
 	sink := smtptest.Start(t)
-	p := startSendq(t, "serve", "REDIS_URL="+rs.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none",
+	p := proctest.Start(t, binary, "serve", "REDIS_URL="+rs.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none",
 		"SENDQ_MAX_RECIPIENTS=5", "SENDQ_MAX_MESSAGE_BYTES=65536")
 	base := "http://" + p.Addr
 	var rcpts []string

@@ -9,18 +9,14 @@ import (
 	"io"
 	"mime"
 	"mime/multipart"
-	"net"
 	"net/http"
 	"net/mail"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/internal/smtptest"
 )
@@ -34,104 +30,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "sendq")
-	args := []string{"build", "-o", binary}
-	if raceEnabled {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command("go", append(args, ".")...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build sendq:", err)
+	binary, err = proctest.Build(dir, raceEnabled)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		_ = os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	code := m.Run()
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// proc is a running sendq process.
-type proc struct {
-	cmd  *exec.Cmd
-	Addr string
-	logs *lockedBuffer
-	done chan error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// startSendq runs `sendq mode` with env and waits until /healthz answers.
-func startSendq(t *testing.T, mode string, env ...string) *proc {
-	t.Helper()
-	p := &proc{Addr: freeAddr(t), logs: &lockedBuffer{}, done: make(chan error, 1)}
-	p.cmd = exec.Command(binary, mode)
-	p.cmd.Dir = t.TempDir()
-	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "SENDQ_HTTP_ADDR=" + p.Addr}, env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("sendq %s logs:\n%s", mode, p.logs.String())
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get("http://" + p.Addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sendq %s did not start: %v\n%s", mode, err, p.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop sends SIGTERM and waits for the process to exit.
-func (p *proc) stop(t *testing.T, within time.Duration) {
-	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.done:
-		p.done <- err
-		if err != nil {
-			t.Errorf("sendq exited with %v", err)
-		}
-	case <-time.After(within):
-		t.Errorf("sendq did not exit within %s of SIGTERM", within)
-	}
 }
 
 type httpResult struct {
@@ -203,7 +110,7 @@ var seedJSON = []byte(`{
 func TestEndToEndSeedIsDeliveredByteForByte(t *testing.T) {
 	rs := redistest.Start(t)
 	sink := smtptest.Start(t)
-	p := startSendq(t, "serve", "REDIS_URL="+rs.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none",
+	p := proctest.Start(t, binary, "serve", "REDIS_URL="+rs.URL(), "SENDQ_SMTP_URL=smtp://"+sink.Addr+"?tls=none",
 		"SENDQ_API_KEYS=e2e-key-0001", "SENDQ_ALLOWED_FROM=@contoso.example")
 	base := "http://" + p.Addr
 	auth := map[string]string{"Authorization": "Bearer e2e-key-0001"}
@@ -271,10 +178,10 @@ func TestEndToEndSeedIsDeliveredByteForByte(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	if bytes.Contains(m.Body, []byte("e2e-key-0001")) || strings.Contains(p.logs.String(), "e2e-key-0001") {
+	if bytes.Contains(m.Body, []byte("e2e-key-0001")) || strings.Contains(p.Logs(), "e2e-key-0001") {
 		t.Errorf("the API key leaked into metrics or logs")
 	}
-	p.stop(t, 30*time.Second)
+	p.Stop(t, 30*time.Second)
 }
 
 // checkSeedMessage parses the delivered message and checks every header and

@@ -9,12 +9,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sendq/sendq/internal/proctest"
 )
 
 // The README's quickstart: no configuration at all. sendq runs on an
 // embedded Redis and writes what it would send as .eml files.
 func TestQuickstartWithNoConfiguration(t *testing.T) {
-	p := startSendq(t, "serve")
+	p := proctest.Start(t, binary, "serve")
 	base := "http://" + p.Addr
 	r := call(t, "POST", base+"/v1/emails", seedJSON, nil)
 	var acc struct{ ID string }
@@ -25,11 +27,11 @@ func TestQuickstartWithNoConfiguration(t *testing.T) {
 		t.Fatalf("status = %v", st)
 	}
 	for _, warn := range []string{"EMBEDDED IN-MEMORY Redis", "EMBEDDED capture server", "WITHOUT authentication"} {
-		if !strings.Contains(p.logs.String(), warn) {
+		if !strings.Contains(p.Logs(), warn) {
 			t.Errorf("the logs do not warn %q", warn)
 		}
 	}
-	files, _ := filepath.Glob(filepath.Join(p.cmd.Dir, "sendq-outbox", "*.eml"))
+	files, _ := filepath.Glob(filepath.Join(p.Dir, "sendq-outbox", "*.eml"))
 	if len(files) != 1 {
 		t.Fatalf("outbox holds %d .eml files; want 1", len(files))
 	}
@@ -47,8 +49,8 @@ func TestQuickstartWithNoConfiguration(t *testing.T) {
 	if got := m.Header.Get("X-Envelope-To"); !strings.Contains(got, "audit@contoso.example") {
 		t.Errorf("X-Envelope-To = %q; want every envelope recipient, Bcc included", got)
 	}
-	if !strings.Contains(p.logs.String(), filepath.Base(files[0])) {
+	if !strings.Contains(p.Logs(), filepath.Base(files[0])) {
 		t.Errorf("the log does not name the .eml file")
 	}
-	p.stop(t, 30*time.Second)
+	p.Stop(t, 30*time.Second)
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/internal/smtptest"
 )
@@ -24,8 +25,12 @@ func TestScaleOutOneAPIThreeWorkers(t *testing.T) {
 	}))
 	env := []string{"REDIS_URL=" + rs.URL(), "SENDQ_SMTP_URL=smtp://" + sink.Addr + "?tls=none",
 		"SENDQ_SMTP_POOL_SIZE=3", "SENDQ_RETRY_BASE_DELAY=1s", "SENDQ_RETRY_MAX_DELAY=2s", "SENDQ_SHUTDOWN_TIMEOUT=10s", "SENDQ_SMTP_TIMEOUT=5s"}
-	api := startSendq(t, "api", env...)
-	workers := []*proc{startSendq(t, "worker", env...), startSendq(t, "worker", env...), startSendq(t, "worker", env...)}
+	api := proctest.Start(t, binary, "api", env...)
+	workers := []*proctest.Proc{
+		proctest.Start(t, binary, "worker", env...),
+		proctest.Start(t, binary, "worker", env...),
+		proctest.Start(t, binary, "worker", env...),
+	}
 
 	const n = 300
 	ids := make([]string, n)
@@ -54,7 +59,7 @@ func TestScaleOutOneAPIThreeWorkers(t *testing.T) {
 		for len(sink.Messages()) < n/5 {
 			time.Sleep(5 * time.Millisecond)
 		}
-		workers[0].stop(t, 20*time.Second)
+		workers[0].Stop(t, 20*time.Second)
 	}()
 	wg.Wait()
 	<-stopped
@@ -88,7 +93,7 @@ func TestScaleOutOneAPIThreeWorkers(t *testing.T) {
 	}
 	perWorker := []int{}
 	for _, w := range workers {
-		perWorker = append(perWorker, strings.Count(w.logs.String(), "outcome=sent"))
+		perWorker = append(perWorker, strings.Count(w.Logs(), "outcome=sent"))
 	}
 	t.Logf("deliveries per worker: %v", perWorker)
 	if perWorker[0] == 0 || perWorker[1] == 0 || perWorker[2] == 0 {
@@ -109,7 +114,7 @@ func TestScaleOutOneAPIThreeWorkers(t *testing.T) {
 		t.Errorf("sendq retry of a sent email = %v\n%s; want a refusal", err, out)
 	}
 	for _, w := range workers[1:] {
-		w.stop(t, 20*time.Second)
+		w.Stop(t, 20*time.Second)
 	}
-	api.stop(t, 20*time.Second)
+	api.Stop(t, 20*time.Second)
 }

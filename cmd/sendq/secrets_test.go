@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/internal/smtptest"
 )
@@ -34,7 +35,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}))
 	redisURL := "redis://:" + redisPass + "@" + rs.Addr + "/0"
 	smtpURL := "smtp://mailer:" + smtpPass + "@" + sink.Addr + "?tls=none&auth=plain"
-	p := startSendq(t, "serve", "REDIS_URL="+redisURL, "SENDQ_SMTP_URL="+smtpURL,
+	p := proctest.Start(t, binary, "serve", "REDIS_URL="+redisURL, "SENDQ_SMTP_URL="+smtpURL,
 		"SENDQ_API_KEYS="+apiKey+","+otherKey+":@other.example", "SENDQ_LOG_LEVEL=debug", "SENDQ_RATE_PER_KEY=1000/s")
 	base := "http://" + p.Addr
 	auth := map[string]string{"Authorization": "Bearer " + apiKey}
@@ -61,19 +62,19 @@ func TestSecretsNeverLeak(t *testing.T) {
 		string(call(t, "GET", base+"/ui/", nil, nil).Body),
 	)
 	// A second process that cannot reach its relay logs dial errors too.
-	bad := startSendq(t, "worker", "REDIS_URL="+redisURL, "SENDQ_SMTP_URL=smtp://mailer:"+smtpPass+"@"+deadAddr(t)+"?tls=none&auth=plain",
+	bad := proctest.Start(t, binary, "worker", "REDIS_URL="+redisURL, "SENDQ_SMTP_URL=smtp://mailer:"+smtpPass+"@"+deadAddr(t)+"?tls=none&auth=plain",
 		"SENDQ_LOG_LEVEL=debug")
 	r := call(t, "POST", base+"/v1/emails", []byte(`{"From":"a@example.com","To":"c@example.com"}`), auth)
 	_ = r
 	time.Sleep(500 * time.Millisecond)
 	usage, _ := exec.Command(binary, "serve", "-h").CombinedOutput()
 	badURL, _ := exec.Command(binary, "status", "x", "-redis-url", "redis://:"+redisPass+"@127.0.0.1:1/0").CombinedOutput()
-	p.stop(t, 30*time.Second)
-	bad.stop(t, 30*time.Second)
+	p.Stop(t, 30*time.Second)
+	bad.Stop(t, 30*time.Second)
 
 	everything := map[string]string{
-		"serve logs":  p.logs.String(),
-		"worker logs": bad.logs.String(),
+		"serve logs":  p.Logs(),
+		"worker logs": bad.Logs(),
 		"responses":   strings.Join(bodies, "\n"),
 		"usage":       string(usage),
 		"CLI error":   string(badURL),
@@ -85,7 +86,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 			}
 		}
 	}
-	if !strings.Contains(p.logs.String(), "delivery attempt") {
+	if !strings.Contains(p.Logs(), "delivery attempt") {
 		t.Errorf("the serve logs have no delivery lines: the check above read nothing")
 	}
 }
@@ -104,7 +105,7 @@ func deadAddr(t *testing.T) string {
 // A client that never finishes its headers is cut off by the server's
 // read-header timeout instead of holding a connection forever.
 func TestSlowClientIsCutOff(t *testing.T) {
-	p := startSendq(t, "api")
+	p := proctest.Start(t, binary, "api")
 	c, err := net.Dial("tcp", p.Addr)
 	if err != nil {
 		t.Fatal(err)

@@ -4,149 +4,36 @@ package chaos
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/internal/smtptest"
 )
 
-// proc is one running sendq process.
-type proc struct {
-	Name string
-	Addr string
-	cmd  *exec.Cmd
-	logs *logBuffer
-	done chan struct{}
-	err  error // the exit status, set before done is closed
-}
-
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func freeAddr(t testing.TB) string {
+// startProc runs `sendq mode` as name with env and waits until /healthz
+// answers. The process is killed when the test ends; its log is kept in
+// CHAOS_LOGS when that is set, and its tail is logged when the test failed.
+func startProc(t *testing.T, name, mode string, env []string) *proctest.Proc {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// startProc runs `sendq mode` with env and waits until /healthz answers.
-// The process is killed when the test ends; its log is kept in CHAOS_LOGS
-// when that is set, and its tail is logged when the test failed.
-func startProc(t *testing.T, name, mode string, env []string) *proc {
-	t.Helper()
-	p := &proc{Name: name, Addr: freeAddr(t), logs: &logBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binary, mode)
-	p.cmd.Dir = t.TempDir()
-	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "SENDQ_HTTP_ADDR=" + p.Addr}, env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }() // exits with the process
-	t.Cleanup(func() {
-		p.kill()
-		if dir := os.Getenv("CHAOS_LOGS"); dir != "" {
-			file := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "." + p.Name + ".log"
-			_ = os.MkdirAll(dir, 0o755)
-			_ = os.WriteFile(filepath.Join(dir, file), []byte(p.logs.String()), 0o644)
-		}
-		if t.Failed() {
-			t.Logf("--- %s log (last 40 lines):\n%s", p.Name, tail(p.logs.String(), 40))
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c := &http.Client{Timeout: time.Second}
-		resp, err := c.Get("http://" + p.Addr + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		if p.exited() || time.Now().After(deadline) {
-			t.Fatalf("sendq %s did not start: %v\n%s", mode, err, p.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL and waits for the process to be gone.
-func (p *proc) kill() {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// terminate sends SIGTERM and waits up to within for the exit. It returns
-// how long the process took and whether it exited in time.
-func (p *proc) terminate(within time.Duration) (time.Duration, bool) {
-	start := time.Now()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return time.Since(start), true
-	case <-time.After(within):
-		return time.Since(start), false
-	}
+	cfg := proctest.Config{Name: name, LogDir: os.Getenv("CHAOS_LOGS"), Tail: 40}
+	return cfg.Start(t, binary, mode, env...)
 }
 
 // metric reads a metric from the process' /metrics: the sum of its samples
 // over every label combination.
-func (p *proc) metric(name string) (float64, error) {
+func metric(p *proctest.Proc, name string) (float64, error) {
 	c := &http.Client{Timeout: 3 * time.Second}
 	resp, err := c.Get("http://" + p.Addr + "/metrics")
 	if err != nil {
@@ -260,8 +147,8 @@ type cluster struct {
 	redis   *redistest.Server
 	sink    *sink
 	env     []string
-	api     *proc
-	workers []*proc
+	api     *proctest.Proc
+	workers []*proctest.Proc
 	ledger  *ledger
 	nworker int
 }
@@ -306,7 +193,7 @@ func newCluster(t *testing.T, cfg clusterConfig) *cluster {
 }
 
 // startWorker starts one more worker.
-func (c *cluster) startWorker() *proc {
+func (c *cluster) startWorker() *proctest.Proc {
 	c.nworker++
 	p := startProc(c.t, fmt.Sprintf("worker%d", c.nworker), "worker", c.env)
 	c.workers = append(c.workers, p)
@@ -354,11 +241,11 @@ func (c *cluster) waitDelivered(n int, within time.Duration) bool {
 }
 
 // sumMetric adds a metric over the given processes.
-func sumMetric(t *testing.T, ps []*proc, name string) []float64 {
+func sumMetric(t *testing.T, ps []*proctest.Proc, name string) []float64 {
 	t.Helper()
 	out := make([]float64, len(ps))
 	for i, p := range ps {
-		v, err := p.metric(name)
+		v, err := metric(p, name)
 		if err != nil {
 			t.Errorf("metric: %v", err)
 		}

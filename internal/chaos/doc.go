@@ -10,8 +10,9 @@
 //
 // It needs redis-server on the PATH. TestMain builds the sendq binary once;
 // each scenario then runs real processes on loopback: a private
-// redis-server (internal/redistest), `sendq api`, two or more `sendq
-// worker`, and an in-process scriptable SMTP server (internal/smtptest).
+// redis-server (internal/redistest), `sendq api` and two or more `sendq
+// worker` (internal/proctest), and an in-process scriptable SMTP server
+// (internal/smtptest).
 //
 // A ledger records every 202 (the id in its body), every message the SMTP
 // server accepted (by its Message-ID, <ID@domain>) and every email the

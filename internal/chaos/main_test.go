@@ -8,13 +8,14 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sendq/sendq/internal/proctest"
 )
 
 // binary is the sendq binary built once for the suite.
@@ -38,11 +39,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "sendq")
-	cmd := exec.Command("go", "build", "-o", binary, "github.com/sendq/sendq/cmd/sendq")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "chaos: build sendq:", err)
+	binary, err = proctest.Build(dir, false)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chaos:", err)
 		_ = os.RemoveAll(dir)
 		os.Exit(1)
 	}

@@ -15,17 +15,18 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/smtptest"
 )
 
 var cooldownRe = regexp.MustCompile(`relay is throttling: pausing sends" cooldown=(\S+)`)
 
 // maxCooldown is the longest throttling pause any worker logged.
-func maxCooldown(ps []*proc) (time.Duration, int) {
+func maxCooldown(ps []*proctest.Proc) (time.Duration, int) {
 	var m time.Duration
 	n := 0
 	for _, p := range ps {
-		for _, s := range cooldownRe.FindAllStringSubmatch(p.logs.String(), -1) {
+		for _, s := range cooldownRe.FindAllStringSubmatch(p.Logs(), -1) {
 			n++
 			if d, err := time.ParseDuration(s[1]); err == nil && d > m {
 				m = d

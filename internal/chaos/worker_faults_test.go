@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/smtptest"
 )
 
@@ -46,9 +47,9 @@ var sentLogRe = regexp.MustCompile(`email_id=(\S+) .*outcome=sent`)
 
 // loggedSent returns the ids a worker logged as sent: their sent record was
 // written (the log line follows the write).
-func loggedSent(p *proc) map[string]bool {
+func loggedSent(p *proctest.Proc) map[string]bool {
 	out := map[string]bool{}
-	for _, m := range sentLogRe.FindAllStringSubmatch(p.logs.String(), -1) {
+	for _, m := range sentLogRe.FindAllStringSubmatch(p.Logs(), -1) {
 		out[m[1]] = true
 	}
 	return out
@@ -73,7 +74,7 @@ func TestWorkerKilled(t *testing.T) {
 	}
 	victim := c.workers[0]
 	sending := c.waitSending(8, 10*time.Second)
-	victim.kill()
+	victim.Kill()
 	killedAt := time.Now()
 	deliveredAtKill := len(c.sink.messages())
 	c.startWorker()
@@ -125,14 +126,14 @@ func TestWorkersTerminated(t *testing.T) {
 	}
 	const margin = 3 * time.Second
 	sending := c.waitSending(6, 10*time.Second)
-	old := append([]*proc(nil), c.workers...)
+	old := append([]*proctest.Proc(nil), c.workers...)
 	type stopped struct {
 		took time.Duration
 		ok   bool
 	}
 	res := make(chan stopped, len(old))
 	for _, w := range old {
-		go func() { took, ok := w.terminate(shutdownTimeout + margin); res <- stopped{took, ok} }()
+		go func() { took, ok := w.Terminate(shutdownTimeout + margin); res <- stopped{took, ok} }()
 	}
 	var took []string
 	for range old {
@@ -143,11 +144,11 @@ func TestWorkersTerminated(t *testing.T) {
 		took = append(took, r.took.Round(10*time.Millisecond).String())
 	}
 	for _, w := range old {
-		if w.exited() && w.err != nil {
-			t.Errorf("%s exited with %v after SIGTERM; want 0", w.Name, w.err)
+		if err := w.Err(); err != nil {
+			t.Errorf("%s exited with %v after SIGTERM; want 0", w.Name, err)
 		}
-		if strings.Contains(w.logs.String(), "level=ERROR") {
-			t.Logf("%s logged errors while stopping:\n%s", w.Name, grepLines(w.logs.String(), "level=ERROR", 10))
+		if strings.Contains(w.Logs(), "level=ERROR") {
+			t.Logf("%s logged errors while stopping:\n%s", w.Name, grepLines(w.Logs(), "level=ERROR", 10))
 		}
 	}
 	sort.Strings(took)
