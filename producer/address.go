@@ -13,17 +13,20 @@ import (
 // quotes, angle brackets and comments. Empty entries (a trailing ';') are
 // dropped.
 func SplitAddressList(s string) []string {
+	if !utf8.ValidString(s) {
+		// Each invalid byte reads as U+FFFD, as when ranging over s.
+		s = string([]rune(s))
+	}
 	var out []string
-	var cur strings.Builder
+	start := 0
 	inQuote, escaped := false, false
 	angle, paren := 0, 0
-	flush := func() {
-		if t := strings.TrimSpace(cur.String()); t != "" {
+	flush := func(end int) {
+		if t := strings.TrimSpace(s[start:end]); t != "" {
 			out = append(out, t)
 		}
-		cur.Reset()
 	}
-	for _, r := range s {
+	for i, r := range s {
 		switch {
 		case escaped:
 			escaped = false
@@ -41,12 +44,11 @@ func SplitAddressList(s string) []string {
 		case r == ')' && paren > 0:
 			paren--
 		case (r == ';' || r == ',') && angle == 0 && paren == 0:
-			flush()
-			continue
+			flush(i)
+			start = i + 1
 		}
-		cur.WriteRune(r)
 	}
-	flush()
+	flush(len(s))
 	return out
 }
 
@@ -65,6 +67,11 @@ func ParseAddress(s string) (queue.Address, error) {
 	if bareAddrSpec(s) && checkAddrSpec(s) == nil {
 		// The common case, "user@example.com": nothing for net/mail to do.
 		return queue.Address{Address: s}, nil
+	}
+	if name, addr, ok := simpleNameAddr(s); ok {
+		// The next most common, "Sales Bot <bot@example.com>": net/mail
+		// would read the same and write it back unchanged.
+		return queue.Address{Name: name, Address: addr}, nil
 	}
 	a, err := mail.ParseAddress(s)
 	if err != nil {
@@ -101,7 +108,7 @@ func checkAddrSpec(addr string) error {
 	if len(local) > 64 || len(addr) > 254 {
 		return fmt.Errorf("is too long")
 	}
-	for _, atom := range strings.Split(local, ".") {
+	for atom := range strings.SplitSeq(local, ".") {
 		if atom == "" {
 			return fmt.Errorf("local part has an empty dot-atom")
 		}
@@ -111,7 +118,7 @@ func checkAddrSpec(addr string) error {
 			}
 		}
 	}
-	for _, label := range strings.Split(domain, ".") {
+	for label := range strings.SplitSeq(domain, ".") {
 		if label == "" || len(label) > 63 {
 			return fmt.Errorf("domain has an empty or too long label")
 		}
@@ -145,6 +152,31 @@ func hasControl(s string) bool {
 		}
 	}
 	return false
+}
+
+// simpleNameAddr splits "Name <addr>" where the name is words of ASCII
+// letters, digits, '-' and '_' separated by single spaces and addr passes
+// the bare address check: the form net/mail reads as exactly that name and
+// address, and writes back unquoted. ok is false for anything else, which
+// goes to net/mail.
+func simpleNameAddr(s string) (name, addr string, ok bool) {
+	lt := strings.IndexByte(s, '<')
+	if lt <= 0 || s[len(s)-1] != '>' {
+		return "", "", false
+	}
+	name, addr = strings.TrimSuffix(s[:lt], " "), s[lt+1:len(s)-1]
+	if name == "" || len(name) > maxHeaderWord || !bareAddrSpec(addr) || checkAddrSpec(addr) != nil {
+		return "", "", false
+	}
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+		case c == ' ' && i > 0 && name[i-1] != ' ' && i < len(name)-1:
+		default:
+			return "", "", false
+		}
+	}
+	return name, addr, true
 }
 
 // bareAddrSpec reports whether s is only ASCII atext, dots and one '@': an

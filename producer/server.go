@@ -139,11 +139,11 @@ type Accepted struct {
 }
 
 func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+	if !isJSON(r.Header.Get("Content-Type")) {
 		WriteError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type", "Content-Type must be application/json")
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes))
+	body, err := readBody(http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes), r.ContentLength)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -182,13 +182,14 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		WriteError(w, http.StatusBadRequest, "invalid_header", "Idempotency-Key", "must be at most 255 printable characters")
 		return
 	}
-	e.ID = uuid.Must(uuid.NewV7()).String()
 	if idemKey != "" {
 		// The email id is derived from the key, so asynq's own task-id
 		// check makes the second request with the same key conflict,
 		// atomically, at no extra Redis round trip.
 		e.ID = IdempotentID(key.ID, idemKey)
 		e.BodyHash = bodyHash(body)
+	} else {
+		e.ID = uuid.Must(uuid.NewV7()).String()
 	}
 	e.CreatedAt = a.now().UTC()
 
@@ -289,6 +290,41 @@ func bodyHash(body []byte) string {
 func (a *API) accepted(w http.ResponseWriter, id, status string) {
 	w.Header().Set("Location", "/v1/emails/"+id)
 	WriteJSON(w, http.StatusAccepted, Accepted{ID: id, Status: status})
+}
+
+// isJSON reports whether a Content-Type is application/json, with or
+// without parameters.
+func isJSON(contentType string) bool {
+	if contentType == "application/json" { // no parameters to parse
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(contentType)
+	return err == nil && mt == "application/json"
+}
+
+// readBody is io.ReadAll with a first buffer the size of the body when the
+// request states it (up to 64 KiB, so that a client cannot make the server
+// allocate more than it sends): one allocation instead of a few growing
+// ones.
+func readBody(r io.Reader, contentLength int64) ([]byte, error) {
+	size := 512
+	if contentLength > 0 {
+		size = int(min(contentLength, 64<<10)) + 1 // +1: room to read the EOF
+	}
+	b := make([]byte, 0, size)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
 }
 
 func (a *API) unavailable(w http.ResponseWriter, err error) {

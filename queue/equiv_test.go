@@ -1,0 +1,42 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+	"time"
+)
+
+// FuzzAppendEmail keeps the hand-written payload encoder byte for byte
+// equal to json.Marshal, errors included.
+func FuzzAppendEmail(f *testing.F) {
+	f.Add("id-1", "Name", "a@b.c", "subj <&> \u2028 \xff", "body\x00\x1f\x7f", "high", []byte("data"), int64(1700000000), int64(123), 3600, true, true, 2)
+	f.Add("", "", "", "", "", "", []byte(nil), int64(-62135596800-10), int64(0), 0, false, false, 0)
+	f.Add("x", "é\"\\", "q", "\t\n\r\b\f", "\u2029", "", []byte{}, int64(253402300800), int64(5), 86400, false, true, 1)
+	f.Fuzz(func(t *testing.T, id, name, addr, subj, body, imp string, data []byte, sec, nsec int64, off int, isHTML, dr bool, n int) {
+		loc := time.FixedZone("z", off)
+		e := &Email{V: 1, ID: id, CreatedAt: time.Unix(sec, nsec).In(loc),
+			From: Address{Name: name, Address: addr}, Subject: subj, Body: body, IsHTML: isHTML,
+			Importance: imp, ReadReceipt: addr, DeliveryReceipt: dr, ReturnPath: name, BodyHash: subj}
+		if n%3 == 1 {
+			e.SendAt = time.Unix(nsec, sec).UTC()
+		}
+		if n%2 == 1 {
+			e.To = []Address{{Name: subj, Address: body}, {Address: id}}
+			e.Bcc = []Address{}
+			e.Attachments = []Attachment{{FileName: name, ContentType: subj, ContentID: body, Data: data}, {FileName: ""}}
+		}
+		if n%5 == 2 {
+			e.Cc = []Address{{Name: "x"}}
+			e.Attachments = []Attachment{}
+		}
+		want, werr := json.Marshal(e)
+		got, ok := appendEmail(nil, e)
+		if (werr == nil) != ok {
+			t.Fatalf("ok %v, json err %v", ok, werr)
+		}
+		if ok && !bytes.Equal(got, want) {
+			t.Fatalf("got\n%s\nwant\n%s", got, want)
+		}
+	})
+}
