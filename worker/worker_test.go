@@ -387,17 +387,24 @@ func Test421ClosesConnectionAndRetries(t *testing.T) {
 func TestSlowServerTimesOutAndRetries(t *testing.T) {
 	t.Parallel()
 	var once atomic.Bool
+	// The slow answer ends with the test at the latest, so that no server
+	// goroutine outlives it (goleak checks).
+	testDone := make(chan struct{})
 	b := setup(t, setupOpts{
 		smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
 			Mail: func(*smtptest.Session, string) error {
 				if once.CompareAndSwap(false, true) {
-					time.Sleep(1500 * time.Millisecond)
+					select {
+					case <-time.After(1500 * time.Millisecond):
+					case <-testDone:
+					}
 				}
 				return nil
 			},
 		})},
 		cfg: func(c *worker.Config) { c.Pool.CommandTimeout = 300 * time.Millisecond },
 	})
+	t.Cleanup(func() { close(testDone) }) // runs before the server's Close (cleanups run last-in first-out)
 	e := newEmail("a@example.com")
 	b.enqueue(t, e, 5)
 	st := b.waitFinal(t, e.ID)
