@@ -71,6 +71,9 @@ func TestParseRelay(t *testing.T) {
 		{"smtp://h?tls=maybe", "", true},
 		{"smtp://h?auth=plain", "", true},
 		{"smtp://:25", "", true},
+		{"smtp://h:25?tls=none&pipelining=false", "smtp://h:25?pipelining=false&tls=none", false},
+		{"smtp://h:25?pipelining=true", "smtp://h:25?tls=starttls", false},
+		{"smtp://h?pipelining=no", "", true},
 	}
 	for _, tt := range tests {
 		r, err := ParseRelay(tt.url)

@@ -1,8 +1,12 @@
 package worker
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"net/textproto"
 	"strings"
 	"sync"
 	"testing"
@@ -193,5 +197,140 @@ func TestTLSModes(t *testing.T) {
 				t.Errorf("Get = %v; want a DialError containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// scriptedSMTP is a raw SMTP server for one session: it greets, answers
+// EHLO with ehlo's keywords, then for each step reads lines up to and
+// including one that starts with step.until and writes step.reply. It
+// records every line it read.
+type scriptStep struct{ until, reply string }
+
+func scriptedSMTP(t *testing.T, ehlo []string, steps []scriptStep) (addr string, lines func() []string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		_ = ln.Close()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(c)
+		read := func() (string, bool) {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return "", false
+			}
+			l = strings.TrimRight(l, "\r\n")
+			mu.Lock()
+			got = append(got, l)
+			mu.Unlock()
+			return l, true
+		}
+		fmt.Fprint(c, "220 scripted ESMTP\r\n")
+		if _, ok := read(); !ok { // EHLO
+			return
+		}
+		reply := "250-scripted\r\n"
+		for _, k := range ehlo {
+			reply += "250-" + k + "\r\n"
+		}
+		fmt.Fprint(c, reply+"250 HELP\r\n")
+		for _, s := range steps {
+			for {
+				l, ok := read()
+				if !ok {
+					return
+				}
+				if strings.HasPrefix(l, s.until) {
+					break
+				}
+			}
+			fmt.Fprint(c, s.reply)
+		}
+	}()
+	t.Cleanup(func() { _ = ln.Close(); <-done })
+	return ln.Addr().String(), func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
+	}
+}
+
+// The server below answers nothing between MAIL and DATA until it has read
+// the DATA line: a client that waited for each reply would time out.
+func TestSendPipelinesWhenOffered(t *testing.T) {
+	addr, lines := scriptedSMTP(t, []string{"PIPELINING", "8BITMIME", "DSN"}, []scriptStep{
+		{"DATA", "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n354 go ahead\r\n"},
+		{".", "250 2.0.0 queued\r\n"},
+		{"QUIT", "221 bye\r\n"},
+	})
+	p, _, _ := newTestPool(t, "smtp://"+addr+"?tls=none", PoolConfig{Size: 1, CommandTimeout: 2 * time.Second})
+	c, err := p.Get(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := c.Send(context.Background(), 2*time.Second,
+		Envelope{From: "a@example.com", To: []string{"b@example.com", "nobody@example.com"}, DSN: true},
+		strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
+	p.Put(c, res.Broken)
+	p.Close()
+	if !res.Delivered || res.Broken || res.Rcpt["b@example.com"] != nil {
+		t.Fatalf("Send = %+v; want delivered to b@ on a reusable connection", res)
+	}
+	var tp *textproto.Error
+	if err := res.Rcpt["nobody@example.com"]; !errors.As(err, &tp) || tp.Code != 550 {
+		t.Errorf("nobody@ = %v; want the 550", err)
+	}
+	want := []string{
+		"MAIL FROM:<a@example.com> BODY=8BITMIME RET=HDRS",
+		"RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE,DELAY",
+		"RCPT TO:<nobody@example.com> NOTIFY=SUCCESS,FAILURE,DELAY",
+		"DATA",
+	}
+	if got := lines(); len(got) < 5 || strings.Join(got[1:5], "\n") != strings.Join(want, "\n") {
+		t.Errorf("commands = %q; want after EHLO %q", got, want)
+	}
+}
+
+// RFC 2920 3.1: when every RCPT was refused and the server still answers
+// DATA with 354, the client ends the empty message with a lone dot.
+func TestPipelinedDataWithNoRecipientSendsLoneDot(t *testing.T) {
+	addr, lines := scriptedSMTP(t, []string{"PIPELINING"}, []scriptStep{
+		{"DATA", "250 ok\r\n550 5.1.1 no such user\r\n354 go ahead\r\n"},
+		{".", "554 5.5.1 no valid recipients\r\n"},
+		{"RSET", "250 ok\r\n"},
+		{"QUIT", "221 bye\r\n"},
+	})
+	p, _, _ := newTestPool(t, "smtp://"+addr+"?tls=none", PoolConfig{Size: 1, CommandTimeout: 2 * time.Second})
+	c, err := p.Get(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := c.Send(context.Background(), 2*time.Second,
+		Envelope{From: "a@example.com", To: []string{"nobody@example.com"}},
+		strings.NewReader("Subject: x\r\n\r\nmust not be sent\r\n"))
+	p.Put(c, res.Broken)
+	p.Close()
+	if res.Delivered || res.Broken || res.Rcpt["nobody@example.com"] == nil {
+		t.Errorf("Send = %+v; want nobody@ refused, the connection reusable", res)
+	}
+	got := lines()
+	if len(got) < 5 || got[4] != "." {
+		t.Errorf("after DATA the client sent %q; want a lone dot", got)
+	}
+	for _, l := range got {
+		if strings.Contains(l, "must not be sent") {
+			t.Errorf("the message went out with no recipient accepted")
+		}
 	}
 }

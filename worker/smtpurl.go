@@ -32,6 +32,10 @@ type Relay struct {
 	Auth        string // plain, login, cram-md5, scram-sha-256, xoauth2, auto; empty without a username
 	HELO        string
 	DialTimeout time.Duration
+	// NoPipelining sends one command per round trip even when the server
+	// offers PIPELINING (for a relay or middlebox that announces it and
+	// mishandles it; Postfix's smtp_discard_ehlo_keywords=pipelining).
+	NoPipelining bool
 	// RootCAs, when set, replaces the system roots (tests trust a private CA).
 	RootCAs *x509.CertPool
 }
@@ -44,7 +48,8 @@ type Relay struct {
 //
 // Query parameters: tls (starttls, implicit, none), tls_skip_verify=true,
 // auth (plain, login, cram-md5, scram-sha-1, scram-sha-256, xoauth2, auto;
-// default plain when a user is given), helo, dial_timeout (a Go duration).
+// default plain when a user is given), helo, dial_timeout (a Go duration),
+// pipelining=false (never pipeline commands).
 // User and password must be URL-escaped.
 func ParseRelay(raw string) (*Relay, error) {
 	u, err := url.Parse(raw)
@@ -98,6 +103,13 @@ func ParseRelay(raw string) (*Relay, error) {
 	}
 	r.SkipVerify = q.Get("tls_skip_verify") == "true"
 	r.HELO = q.Get("helo")
+	switch q.Get("pipelining") {
+	case "", "true":
+	case "false":
+		r.NoPipelining = true
+	default:
+		return nil, fmt.Errorf("SMTP URL pipelining=%q is not true or false", q.Get("pipelining"))
+	}
 	if d := q.Get("dial_timeout"); d != "" {
 		v, err := time.ParseDuration(d)
 		if err != nil || v <= 0 {
@@ -136,6 +148,9 @@ func (r *Relay) String() string {
 	}
 	if r.Auth != "" {
 		q.Set("auth", r.Auth)
+	}
+	if r.NoPipelining {
+		q.Set("pipelining", "false")
 	}
 	u.RawQuery = q.Encode()
 	return u.String()

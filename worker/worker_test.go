@@ -57,9 +57,11 @@ type testBundle struct {
 }
 
 type setupOpts struct {
-	smtpOpts []smtptest.Option
-	relayURL func(addr string) string
-	cfg      func(*worker.Config)
+	// noPipelining makes the relay URL say pipelining=false.
+	noPipelining bool
+	smtpOpts     []smtptest.Option
+	relayURL     func(addr string) string
+	cfg          func(*worker.Config)
 }
 
 func setup(t *testing.T, o setupOpts) *testBundle {
@@ -71,6 +73,9 @@ func setup(t *testing.T, o setupOpts) *testBundle {
 	url := "smtp://" + b.smtp.Addr + "?tls=none"
 	if o.relayURL != nil {
 		url = o.relayURL(b.smtp.Addr)
+	}
+	if o.noPipelining {
+		url += "&pipelining=false"
 	}
 	relay, err := worker.ParseRelay(url)
 	if err != nil {
@@ -105,6 +110,21 @@ func setup(t *testing.T, o setupOpts) *testBundle {
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	b.look = &queue.Lookup{Inspector: insp, Store: b.store}
 	return b
+}
+
+// bothModes runs f twice, in parallel: with the commands of a transaction
+// pipelined (the test server offers PIPELINING) and sent one by one.
+// Outcomes must not depend on it.
+func bothModes(t *testing.T, f func(t *testing.T, noPipelining bool)) {
+	for _, mode := range []struct {
+		name string
+		off  bool
+	}{{"pipelined", false}, {"one-by-one", true}} {
+		t.Run(mode.name, func(t *testing.T) {
+			t.Parallel()
+			f(t, mode.off)
+		})
+	}
 }
 
 func newEmail(to ...string) *queue.Email {
@@ -164,144 +184,154 @@ func smtpErr(code int, enh smtp.EnhancedCode, msg string) error {
 
 func TestDeliversOnceWithSameMessageID(t *testing.T) {
 	t.Parallel()
-	b := setup(t, setupOpts{})
-	e := newEmail("a@example.com", "b@example.com")
-	e.Bcc = []queue.Address{{Address: "hidden@example.com"}}
-	b.enqueue(t, e, 3)
-	st := b.waitFinal(t, e.ID)
-	if st.Status != queue.StatusSent || st.Attempts != 1 || st.SentAt == nil {
-		t.Fatalf("status = %s attempts %d sent_at %v; want sent, 1, set", st.Status, st.Attempts, st.SentAt)
-	}
-	msgs := b.smtp.Messages()
-	if len(msgs) != 1 {
-		t.Fatalf("server got %d messages; want 1", len(msgs))
-	}
-	if got := strings.Join(msgs[0].To, ","); got != "a@example.com,b@example.com,hidden@example.com" {
-		t.Errorf("RCPT TO = %s; want a, b, hidden", got)
-	}
-	m, err := mail.ReadMessage(bytes.NewReader(msgs[0].Data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := m.Header.Get("Message-Id"), "<"+e.ID+"@example.com>"; got != want {
-		t.Errorf("Message-ID = %q; want %q", got, want)
-	}
-	if m.Header.Get("Bcc") != "" || bytes.Contains(msgs[0].Data, []byte("hidden@")) {
-		t.Errorf("the Bcc recipient shows in the message")
-	}
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		b := setup(t, setupOpts{noPipelining: noPipelining})
+		e := newEmail("a@example.com", "b@example.com")
+		e.Bcc = []queue.Address{{Address: "hidden@example.com"}}
+		b.enqueue(t, e, 3)
+		st := b.waitFinal(t, e.ID)
+		if st.Status != queue.StatusSent || st.Attempts != 1 || st.SentAt == nil {
+			t.Fatalf("status = %s attempts %d sent_at %v; want sent, 1, set", st.Status, st.Attempts, st.SentAt)
+		}
+		msgs := b.smtp.Messages()
+		if len(msgs) != 1 {
+			t.Fatalf("server got %d messages; want 1", len(msgs))
+		}
+		if got := strings.Join(msgs[0].To, ","); got != "a@example.com,b@example.com,hidden@example.com" {
+			t.Errorf("RCPT TO = %s; want a, b, hidden", got)
+		}
+		m, err := mail.ReadMessage(bytes.NewReader(msgs[0].Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := m.Header.Get("Message-Id"), "<"+e.ID+"@example.com>"; got != want {
+			t.Errorf("Message-ID = %q; want %q", got, want)
+		}
+		if m.Header.Get("Bcc") != "" || bytes.Contains(msgs[0].Data, []byte("hidden@")) {
+			t.Errorf("the Bcc recipient shows in the message")
+		}
+	})
 }
 
 func TestTransientThenAccept(t *testing.T) {
 	t.Parallel()
-	var n atomic.Int32
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
-		Rcpt: func(_ *smtptest.Session, to string) error {
-			if n.Add(1) == 1 {
-				return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "try again later")
-			}
-			return nil
-		},
-	})}})
-	e := newEmail("a@example.com")
-	b.enqueue(t, e, 5)
-	st := b.waitFinal(t, e.ID)
-	if st.Status != queue.StatusSent || st.Attempts != 2 {
-		t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
-	}
-	if got := b.smtp.Copies()["a@example.com"]; got != 1 {
-		t.Errorf("copies = %d; want 1", got)
-	}
-	if got := testutil.ToFloat64(b.m.Attempts.WithLabelValues(metrics.OutcomeRetry)); got != 1 {
-		t.Errorf("retry attempts metric = %v; want 1", got)
-	}
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		var n atomic.Int32
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+			Rcpt: func(_ *smtptest.Session, to string) error {
+				if n.Add(1) == 1 {
+					return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "try again later")
+				}
+				return nil
+			},
+		})}})
+		e := newEmail("a@example.com")
+		b.enqueue(t, e, 5)
+		st := b.waitFinal(t, e.ID)
+		if st.Status != queue.StatusSent || st.Attempts != 2 {
+			t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
+		}
+		if got := b.smtp.Copies()["a@example.com"]; got != 1 {
+			t.Errorf("copies = %d; want 1", got)
+		}
+		if got := testutil.ToFloat64(b.m.Attempts.WithLabelValues(metrics.OutcomeRetry)); got != 1 {
+			t.Errorf("retry attempts metric = %v; want 1", got)
+		}
+	})
 }
 
 func TestPermanentFailureIsNotRetried(t *testing.T) {
 	t.Parallel()
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
-		Rcpt: func(_ *smtptest.Session, to string) error {
-			return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
-		},
-	})}})
-	e := newEmail("nobody@example.com")
-	b.enqueue(t, e, 5)
-	st := b.waitFinal(t, e.ID)
-	r := rcpt(st, "nobody@example.com")
-	if st.Status != queue.StatusFailed || st.Attempts != 1 || st.FailureReason != queue.ReasonPermanent {
-		t.Fatalf("status %s attempts %d reason %q; want failed, 1, permanent", st.Status, st.Attempts, st.FailureReason)
-	}
-	if r.Status != queue.RecipientFailed || r.Code != 550 || r.EnhancedCode != "5.1.1" || r.Message != "no such user" {
-		t.Errorf("recipient = %+v; want failed 550 5.1.1 no such user", r)
-	}
-	if !strings.Contains(st.LastError, "550 5.1.1") {
-		t.Errorf("last_error = %q; want the 550 reply", st.LastError)
-	}
-	if got := testutil.ToFloat64(b.m.EmailsFailed.WithLabelValues(queue.ReasonPermanent)); got != 1 {
-		t.Errorf("emails_failed_total{reason=permanent} = %v; want 1", got)
-	}
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+			Rcpt: func(_ *smtptest.Session, to string) error {
+				return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
+			},
+		})}})
+		e := newEmail("nobody@example.com")
+		b.enqueue(t, e, 5)
+		st := b.waitFinal(t, e.ID)
+		r := rcpt(st, "nobody@example.com")
+		if st.Status != queue.StatusFailed || st.Attempts != 1 || st.FailureReason != queue.ReasonPermanent {
+			t.Fatalf("status %s attempts %d reason %q; want failed, 1, permanent", st.Status, st.Attempts, st.FailureReason)
+		}
+		if r.Status != queue.RecipientFailed || r.Code != 550 || r.EnhancedCode != "5.1.1" || r.Message != "no such user" {
+			t.Errorf("recipient = %+v; want failed 550 5.1.1 no such user", r)
+		}
+		if !strings.Contains(st.LastError, "550 5.1.1") {
+			t.Errorf("last_error = %q; want the 550 reply", st.LastError)
+		}
+		if got := testutil.ToFloat64(b.m.EmailsFailed.WithLabelValues(queue.ReasonPermanent)); got != 1 {
+			t.Errorf("emails_failed_total{reason=permanent} = %v; want 1", got)
+		}
+	})
 }
 
 func TestMixedRecipientsAreJudgedOneByOne(t *testing.T) {
 	t.Parallel()
-	var deferredOnce atomic.Bool
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
-		Rcpt: func(_ *smtptest.Session, to string) error {
-			switch to {
-			case "later@example.com":
-				if deferredOnce.CompareAndSwap(false, true) {
-					return smtpErr(451, smtp.EnhancedCode{4, 2, 1}, "mailbox busy")
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		var deferredOnce atomic.Bool
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+			Rcpt: func(_ *smtptest.Session, to string) error {
+				switch to {
+				case "later@example.com":
+					if deferredOnce.CompareAndSwap(false, true) {
+						return smtpErr(451, smtp.EnhancedCode{4, 2, 1}, "mailbox busy")
+					}
+				case "bad@example.com":
+					return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
 				}
-			case "bad@example.com":
-				return smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "no such user")
+				return nil
+			},
+		})}})
+		e := newEmail("ok@example.com", "later@example.com", "bad@example.com")
+		b.enqueue(t, e, 5)
+		st := b.waitFinal(t, e.ID)
+		copies := b.smtp.Copies()
+		for addr, want := range map[string]int{"ok@example.com": 1, "later@example.com": 1, "bad@example.com": 0} {
+			if copies[addr] != want {
+				t.Errorf("copies[%s] = %d; want %d", addr, copies[addr], want)
 			}
-			return nil
-		},
-	})}})
-	e := newEmail("ok@example.com", "later@example.com", "bad@example.com")
-	b.enqueue(t, e, 5)
-	st := b.waitFinal(t, e.ID)
-	copies := b.smtp.Copies()
-	for addr, want := range map[string]int{"ok@example.com": 1, "later@example.com": 1, "bad@example.com": 0} {
-		if copies[addr] != want {
-			t.Errorf("copies[%s] = %d; want %d", addr, copies[addr], want)
 		}
-	}
-	if st.Status != queue.StatusFailed || st.Attempts != 2 {
-		t.Errorf("status %s attempts %d; want failed after 2 (bad@ failed, none pending)", st.Status, st.Attempts)
-	}
-	for addr, want := range map[string]string{"ok@example.com": "sent", "later@example.com": "sent", "bad@example.com": "failed"} {
-		if got := rcpt(st, addr).Status; got != want {
-			t.Errorf("recipient %s = %s; want %s", addr, got, want)
+		if st.Status != queue.StatusFailed || st.Attempts != 2 {
+			t.Errorf("status %s attempts %d; want failed after 2 (bad@ failed, none pending)", st.Status, st.Attempts)
 		}
-	}
-	// The retry carried only the deferred recipient.
-	msgs := b.smtp.Messages()
-	if len(msgs) != 2 || strings.Join(msgs[1].To, ",") != "later@example.com" {
-		t.Errorf("second transaction RCPT = %v; want only later@example.com", msgs)
-	}
+		for addr, want := range map[string]string{"ok@example.com": "sent", "later@example.com": "sent", "bad@example.com": "failed"} {
+			if got := rcpt(st, addr).Status; got != want {
+				t.Errorf("recipient %s = %s; want %s", addr, got, want)
+			}
+		}
+		// The retry carried only the deferred recipient.
+		msgs := b.smtp.Messages()
+		if len(msgs) != 2 || strings.Join(msgs[1].To, ",") != "later@example.com" {
+			t.Errorf("second transaction RCPT = %v; want only later@example.com", msgs)
+		}
+	})
 }
 
 func TestConnectionDroppedDuringDataIsRetried(t *testing.T) {
 	t.Parallel()
-	var dropped atomic.Bool
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
-		Data: func(s *smtptest.Session, _ []byte) error {
-			if dropped.CompareAndSwap(false, true) {
-				_ = s.Conn.Conn().Close() // gone before the server took the message
-				return errors.New("dropped")
-			}
-			return nil
-		},
-	})}})
-	e := newEmail("a@example.com")
-	b.enqueue(t, e, 5)
-	st := b.waitFinal(t, e.ID)
-	if st.Status != queue.StatusSent || st.Attempts != 2 {
-		t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
-	}
-	if got := b.smtp.Copies()["a@example.com"]; got != 1 {
-		t.Errorf("copies = %d; want 1", got)
-	}
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		var dropped atomic.Bool
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+			Data: func(s *smtptest.Session, _ []byte) error {
+				if dropped.CompareAndSwap(false, true) {
+					_ = s.Conn.Conn().Close() // gone before the server took the message
+					return errors.New("dropped")
+				}
+				return nil
+			},
+		})}})
+		e := newEmail("a@example.com")
+		b.enqueue(t, e, 5)
+		st := b.waitFinal(t, e.ID)
+		if st.Status != queue.StatusSent || st.Attempts != 2 {
+			t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
+		}
+		if got := b.smtp.Copies()["a@example.com"]; got != 1 {
+			t.Errorf("copies = %d; want 1", got)
+		}
+	})
 }
 
 // A connection lost after the final dot, before the reply, leaves the
@@ -309,126 +339,137 @@ func TestConnectionDroppedDuringDataIsRetried(t *testing.T) {
 // the same Message-ID. This is the one duplicate SMTP cannot prevent.
 func TestNoReplyAfterFinalDotRetriesWithSameMessageID(t *testing.T) {
 	t.Parallel()
-	var dropped atomic.Bool
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
-		Data: func(*smtptest.Session, []byte) error {
-			if dropped.CompareAndSwap(false, true) {
-				return smtptest.DropConnection
-			}
-			return nil
-		},
-	})}})
-	e := newEmail("a@example.com")
-	b.enqueue(t, e, 5)
-	st := b.waitFinal(t, e.ID)
-	if st.Status != queue.StatusSent || st.Attempts != 2 {
-		t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
-	}
-	msgs := b.smtp.Messages()
-	if len(msgs) != 2 {
-		t.Fatalf("server holds %d copies; want 2 (the known duplicate)", len(msgs))
-	}
-	id := func(m smtptest.Message) string {
-		mm, err := mail.ReadMessage(bytes.NewReader(m.Data))
-		if err != nil {
-			t.Fatal(err)
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		var dropped atomic.Bool
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+			Data: func(*smtptest.Session, []byte) error {
+				if dropped.CompareAndSwap(false, true) {
+					return smtptest.DropConnection
+				}
+				return nil
+			},
+		})}})
+		e := newEmail("a@example.com")
+		b.enqueue(t, e, 5)
+		st := b.waitFinal(t, e.ID)
+		if st.Status != queue.StatusSent || st.Attempts != 2 {
+			t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
 		}
-		return mm.Header.Get("Message-Id")
-	}
-	if id(msgs[0]) != id(msgs[1]) {
-		t.Errorf("Message-IDs differ: %s vs %s", id(msgs[0]), id(msgs[1]))
-	}
+		msgs := b.smtp.Messages()
+		if len(msgs) != 2 {
+			t.Fatalf("server holds %d copies; want 2 (the known duplicate)", len(msgs))
+		}
+		id := func(m smtptest.Message) string {
+			mm, err := mail.ReadMessage(bytes.NewReader(m.Data))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return mm.Header.Get("Message-Id")
+		}
+		if id(msgs[0]) != id(msgs[1]) {
+			t.Errorf("Message-IDs differ: %s vs %s", id(msgs[0]), id(msgs[1]))
+		}
+	})
 }
 
 func TestResetFailureAfter250MeansDelivered(t *testing.T) {
 	t.Parallel()
-	var armed atomic.Bool
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
-		Data: func(*smtptest.Session, []byte) error { armed.Store(true); return nil },
-		Reset: func(s *smtptest.Session) {
-			if armed.CompareAndSwap(true, false) {
-				_ = s.Conn.Conn().Close() // the 250 went out; RSET will fail
-			}
-		},
-	})}})
-	e := newEmail("a@example.com")
-	b.enqueue(t, e, 5)
-	st := b.waitFinal(t, e.ID)
-	if st.Status != queue.StatusSent || st.Attempts != 1 {
-		t.Fatalf("status %s attempts %d; want sent after 1", st.Status, st.Attempts)
-	}
-	if got := b.smtp.Copies()["a@example.com"]; got != 1 {
-		t.Errorf("copies = %d; want 1", got)
-	}
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		var armed atomic.Bool
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+			Data: func(*smtptest.Session, []byte) error { armed.Store(true); return nil },
+			Reset: func(s *smtptest.Session) {
+				if armed.CompareAndSwap(true, false) {
+					_ = s.Conn.Conn().Close() // the 250 went out; RSET will fail
+				}
+			},
+		})}})
+		e := newEmail("a@example.com")
+		b.enqueue(t, e, 5)
+		st := b.waitFinal(t, e.ID)
+		if st.Status != queue.StatusSent || st.Attempts != 1 {
+			t.Fatalf("status %s attempts %d; want sent after 1", st.Status, st.Attempts)
+		}
+		if got := b.smtp.Copies()["a@example.com"]; got != 1 {
+			t.Errorf("copies = %d; want 1", got)
+		}
+	})
 }
 
 func Test421ClosesConnectionAndRetries(t *testing.T) {
 	t.Parallel()
-	var once atomic.Bool
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
-		Mail: func(s *smtptest.Session, _ string) error {
-			if once.CompareAndSwap(false, true) {
-				return smtpErr(421, smtp.EnhancedCode{4, 7, 0}, "too many connections, closing")
-			}
-			return nil
-		},
-	})}})
-	e := newEmail("a@example.com")
-	b.enqueue(t, e, 5)
-	st := b.waitFinal(t, e.ID)
-	if st.Status != queue.StatusSent || st.Attempts != 2 {
-		t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
-	}
-	if sessions, _, _ := b.smtp.Stats(); sessions != 2 {
-		t.Errorf("sessions = %d; want 2 (the connection that got 421 is not reused)", sessions)
-	}
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		var once atomic.Bool
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+			Mail: func(s *smtptest.Session, _ string) error {
+				if once.CompareAndSwap(false, true) {
+					return smtpErr(421, smtp.EnhancedCode{4, 7, 0}, "too many connections, closing")
+				}
+				return nil
+			},
+		})}})
+		e := newEmail("a@example.com")
+		b.enqueue(t, e, 5)
+		st := b.waitFinal(t, e.ID)
+		if st.Status != queue.StatusSent || st.Attempts != 2 {
+			t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
+		}
+		if sessions, _, _ := b.smtp.Stats(); sessions != 2 {
+			t.Errorf("sessions = %d; want 2 (the connection that got 421 is not reused)", sessions)
+		}
+	})
 }
 
 func TestSlowServerTimesOutAndRetries(t *testing.T) {
 	t.Parallel()
-	var once atomic.Bool
-	// The slow answer ends with the test at the latest, so that no server
-	// goroutine outlives it (goleak checks).
-	testDone := make(chan struct{})
-	b := setup(t, setupOpts{
-		smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
-			Mail: func(*smtptest.Session, string) error {
-				if once.CompareAndSwap(false, true) {
-					select {
-					case <-time.After(1500 * time.Millisecond):
-					case <-testDone:
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		var once atomic.Bool
+		// The slow answer ends with the test at the latest, so that no server
+		// goroutine outlives it (goleak checks).
+		testDone := make(chan struct{})
+		b := setup(t, setupOpts{
+			noPipelining: noPipelining,
+			smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+				Mail: func(*smtptest.Session, string) error {
+					if once.CompareAndSwap(false, true) {
+						select {
+						case <-time.After(1500 * time.Millisecond):
+						case <-testDone:
+						}
 					}
-				}
-				return nil
-			},
-		})},
-		cfg: func(c *worker.Config) { c.Pool.CommandTimeout = 300 * time.Millisecond },
+					return nil
+				},
+			})},
+			cfg: func(c *worker.Config) { c.Pool.CommandTimeout = 300 * time.Millisecond },
+		})
+		t.Cleanup(func() { close(testDone) }) // runs before the server's Close (cleanups run last-in first-out)
+		e := newEmail("a@example.com")
+		b.enqueue(t, e, 5)
+		st := b.waitFinal(t, e.ID)
+		if st.Status != queue.StatusSent || st.Attempts < 2 {
+			t.Fatalf("status %s attempts %d; want sent after a timed-out attempt", st.Status, st.Attempts)
+		}
+		if got := b.smtp.Copies()["a@example.com"]; got != 1 {
+			t.Errorf("copies = %d; want 1", got)
+		}
 	})
-	t.Cleanup(func() { close(testDone) }) // runs before the server's Close (cleanups run last-in first-out)
-	e := newEmail("a@example.com")
-	b.enqueue(t, e, 5)
-	st := b.waitFinal(t, e.ID)
-	if st.Status != queue.StatusSent || st.Attempts < 2 {
-		t.Fatalf("status %s attempts %d; want sent after a timed-out attempt", st.Status, st.Attempts)
-	}
-	if got := b.smtp.Copies()["a@example.com"]; got != 1 {
-		t.Errorf("copies = %d; want 1", got)
-	}
 }
 
 func TestIdleConnectionClosedByServerIsRedialed(t *testing.T) {
 	t.Parallel()
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithReadTimeout(150 * time.Millisecond)}})
-	first := newEmail("a@example.com")
-	b.enqueue(t, first, 5)
-	b.waitFinal(t, first.ID)
-	time.Sleep(400 * time.Millisecond) // the server drops the idle connection
-	second := newEmail("b@example.com")
-	b.enqueue(t, second, 5)
-	st := b.waitFinal(t, second.ID)
-	if st.Status != queue.StatusSent || st.Attempts != 1 {
-		t.Errorf("status %s attempts %d; want sent in 1 attempt (stale connection redialed at once)", st.Status, st.Attempts)
-	}
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithReadTimeout(150 * time.Millisecond)}})
+		first := newEmail("a@example.com")
+		b.enqueue(t, first, 5)
+		b.waitFinal(t, first.ID)
+		time.Sleep(400 * time.Millisecond) // the server drops the idle connection
+		second := newEmail("b@example.com")
+		b.enqueue(t, second, 5)
+		st := b.waitFinal(t, second.ID)
+		if st.Status != queue.StatusSent || st.Attempts != 1 {
+			t.Errorf("status %s attempts %d; want sent in 1 attempt (stale connection redialed at once)", st.Status, st.Attempts)
+		}
+	})
 }
 
 func TestAuthPlainWithEscapedCredentialsNeverLogsPassword(t *testing.T) {
@@ -530,25 +571,27 @@ func TestExpiredEmailIsFailedNotSent(t *testing.T) {
 
 func TestDeliveryReceiptAsksForDSN(t *testing.T) {
 	t.Parallel()
-	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithDSN()}})
-	e := newEmail("a@example.com")
-	e.DeliveryReceipt = true
-	e.ReturnPath = "bounces@example.com"
-	b.enqueue(t, e, 3)
-	b.waitFinal(t, e.ID)
-	msgs := b.smtp.Messages()
-	if len(msgs) != 1 {
-		t.Fatalf("got %d messages", len(msgs))
-	}
-	if msgs[0].From != "bounces@example.com" {
-		t.Errorf("MAIL FROM = %s; want the DeliveryReceipt address", msgs[0].From)
-	}
-	if got := fmt.Sprint(msgs[0].Notify["a@example.com"]); got != "[SUCCESS FAILURE DELAY]" {
-		t.Errorf("NOTIFY = %s; want SUCCESS,FAILURE,DELAY", got)
-	}
-	if msgs[0].Opts == nil || msgs[0].Opts.Return != smtp.DSNReturnHeaders {
-		t.Errorf("RET = %+v; want HDRS", msgs[0].Opts)
-	}
+	bothModes(t, func(t *testing.T, noPipelining bool) {
+		b := setup(t, setupOpts{noPipelining: noPipelining, smtpOpts: []smtptest.Option{smtptest.WithDSN()}})
+		e := newEmail("a@example.com")
+		e.DeliveryReceipt = true
+		e.ReturnPath = "bounces@example.com"
+		b.enqueue(t, e, 3)
+		b.waitFinal(t, e.ID)
+		msgs := b.smtp.Messages()
+		if len(msgs) != 1 {
+			t.Fatalf("got %d messages", len(msgs))
+		}
+		if msgs[0].From != "bounces@example.com" {
+			t.Errorf("MAIL FROM = %s; want the DeliveryReceipt address", msgs[0].From)
+		}
+		if got := fmt.Sprint(msgs[0].Notify["a@example.com"]); got != "[SUCCESS FAILURE DELAY]" {
+			t.Errorf("NOTIFY = %s; want SUCCESS,FAILURE,DELAY", got)
+		}
+		if msgs[0].Opts == nil || msgs[0].Opts.Return != smtp.DSNReturnHeaders {
+			t.Errorf("RET = %+v; want HDRS", msgs[0].Opts)
+		}
+	})
 }
 
 func TestPoolCapsConnectionsAndReusesThem(t *testing.T) {
