@@ -3,7 +3,7 @@
 // the same SMTP sink, the baselines they are judged against, then prints
 // each figure with its baseline and the ratio (sendq / baseline).
 //
-// A run, in order (Redis is flushed before each group):
+// One round, in order (Redis is flushed before each group):
 //
 //  1. sendq intake: N POST /v1/emails (1 KB body, API key and a unique
 //     Idempotency-Key on every request) from C concurrent clients against
@@ -12,10 +12,11 @@
 //     per queued email.
 //  2. sendq delivery: sendq's worker is started on the queued backlog and
 //     delivers it to the sink: emails/s from the worker's start to the
-//     N-th 250, enqueue-to-250 latency, and the process' peak RSS.
-//  3. sendq live latency: with the worker running, a paced load (a quarter of the
-//     measured delivery rate by default) for a few seconds: the
-//     enqueue-to-250 latency a steady stream sees.
+//     N-th 250, enqueue-to-250 latency, and (last round only) the
+//     process' peak RSS.
+//  3. sendq live latency (last round only): with the worker running, a
+//     paced load (a quarter of the median delivery rate by default) for a
+//     few seconds: the enqueue-to-250 latency a steady stream sees.
 //  4. naive intake (a bare handler that decodes into a struct and calls
 //     asynq's Enqueue), then the naive worker (asynq + go-mail DialAndSend
 //     per email) on what it queued.
@@ -26,6 +27,14 @@
 //
 // With -target URL only the intake of a running sendq is measured (and the
 // naive intake, in process, for the ratio).
+//
+// The machine's speed drifts from one minute to the next, so with -rounds N
+// (3 by default) the whole run is repeated N times on the same Redis and
+// sink, alternating the order: odd rounds run sendq first, even rounds the
+// baselines first, so slow drift hits both sides alike. The table shows the
+// median of each side across rounds and the median of the per-round
+// (paired) ratios, with their range. The live-latency phase and the RSS
+// sampling run in the last round only.
 //
 // Every phase also records the CPU it used, in this process (getrusage)
 // and in Redis (INFO cpu), per email: on a machine shared with other work
@@ -50,6 +59,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -64,6 +74,7 @@ import (
 // options are the command's flags.
 type options struct {
 	n, c             int
+	rounds           int
 	pool             int
 	concurrency      int
 	workers          int
@@ -91,6 +102,9 @@ const usage = `Usage: sendq bench [flags]
 Measures sendq's intake and delivery and, in the same run, the baselines
 they are judged against (a naive asynq intake and worker, asynq's no-op
 processing, raw SMTP), then prints figure | sendq | baseline | ratio.
+The whole measurement is repeated -rounds times, alternating which side
+goes first; the table shows medians across rounds, and the ratio is the
+median of the per-round ratios (min-max beside it).
 Redis is REDIS_URL (or -redis-url; an EMPTY database: it is flushed between
 phases), else a private redis-server on a free port. The SMTP server is an
 in-process sink that discards what it receives.
@@ -108,6 +122,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	}
 	fs.IntVar(&o.n, "n", 20000, "emails per phase")
 	fs.IntVar(&o.c, "c", 64, "concurrent HTTP clients of the intake phases")
+	fs.IntVar(&o.rounds, "rounds", 3, "repeat the whole measurement this many times, alternating sendq first and baselines first; the table shows medians")
 	fs.IntVar(&o.pool, "pool", 8, "sendq's SMTP pool size (and the raw SMTP baseline's connections)")
 	fs.IntVar(&o.concurrency, "worker-concurrency", 0, "sendq worker concurrency; 0: twice the pool")
 	fs.IntVar(&o.workers, "workers", 1, "sendq workers delivering together (in this process, each with its own pool)")
@@ -138,7 +153,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	for _, f := range []struct {
 		name string
 		v    int
-	}{{"n", o.n}, {"c", o.c}, {"pool", o.pool}, {"workers", o.workers}, {"naive-concurrency", o.naiveConcurrency},
+	}{{"n", o.n}, {"c", o.c}, {"rounds", o.rounds}, {"pool", o.pool}, {"workers", o.workers}, {"naive-concurrency", o.naiveConcurrency},
 		{"noop-concurrency", o.noopConcurrency}, {"enqueue-goroutines", o.enqueueWorkers}, {"rcpts", o.rcpts}} {
 		if f.v < 1 {
 			errs = append(errs, fmt.Sprintf("-%s must be at least 1", f.name))
@@ -233,11 +248,17 @@ type runner struct {
 	req       *request
 	apiKey    string
 
-	res results
+	rounds []*results // one per round begun, in order
+	res    *results   // the current round's
 }
 
-// results is everything measured; zero values were not measured.
+// results is everything one round measured; zero values were not measured.
 type results struct {
+	round      int       // 1-based
+	sendqFirst bool      // the order of this round
+	start      time.Time // when the round began
+	end        time.Time // when it ended (zero if it failed)
+
 	intake     *loadResult // sendq's, or the target's
 	intakeMem  float64     // Redis bytes per queued email
 	delivery   throughput
@@ -327,36 +348,83 @@ func (r *runner) run(ctx context.Context) error {
 	}
 	r.req = newRequest(o.from, o.rcpts, o.bodyBytes, r.apiKey, hex.EncodeToString(runID))
 
+	// Each side of a round is a list of phases; which side runs first
+	// alternates (see round).
+	var sendqSide, baseSide []func(context.Context) error
 	if o.target != "" {
-		if err := r.targetIntake(ctx); err != nil {
+		sendqSide = append(sendqSide, r.targetIntake)
+		if o.baselines {
+			baseSide = append(baseSide, func(ctx context.Context) error { return r.naive(ctx, false) })
+		}
+	} else {
+		s, err := startSink(o.smtpLatency)
+		if err != nil {
+			return fmt.Errorf("smtp sink: %w", err)
+		}
+		r.sink = s
+		defer s.close()
+		sendqSide = append(sendqSide, r.sendq)
+		if o.baselines {
+			baseSide = append(baseSide, func(ctx context.Context) error { return r.naive(ctx, true) }, r.asynqNoop, r.rawSMTP)
+		}
+	}
+	for i := 1; i <= o.rounds; i++ {
+		if err := r.round(ctx, i, sendqSide, baseSide); err != nil {
+			if o.rounds > 1 {
+				return fmt.Errorf("round %d of %d: %w", i, o.rounds, err)
+			}
 			return err
 		}
-		if o.baselines {
-			return r.naive(ctx, false)
+	}
+	return nil
+}
+
+// round runs round i: odd rounds sendq's side first, then the baselines;
+// even rounds the baselines first, so that a machine getting slower or
+// faster during the run weighs on both sides alike.
+func (r *runner) round(ctx context.Context, i int, sendqSide, baseSide []func(context.Context) error) error {
+	r.res = &results{round: i, sendqFirst: i%2 == 1, start: time.Now()}
+	r.rounds = append(r.rounds, r.res)
+	r.prog.setRound(i, r.o.rounds)
+	phases := append(append([]func(context.Context) error{}, sendqSide...), baseSide...)
+	if !r.res.sendqFirst {
+		phases = append(append([]func(context.Context) error{}, baseSide...), sendqSide...)
+	}
+	for _, ph := range phases {
+		if err := ph(ctx); err != nil {
+			return err
 		}
-		return nil
 	}
+	r.res.end = time.Now()
+	return nil
+}
 
-	s, err := startSink(o.smtpLatency)
-	if err != nil {
-		return fmt.Errorf("smtp sink: %w", err)
-	}
-	r.sink = s
-	defer s.close()
+// lastRound reports whether the current round is the last: the live phase
+// and the RSS sampling run only then.
+func (r *runner) lastRound() bool { return r.res.round == r.o.rounds }
 
-	if err := r.sendq(ctx); err != nil {
-		return err
+// phase is the name of a load phase in the current round, for the
+// Idempotency-Keys: unique per round, so that a -target sendq (whose Redis
+// is not flushed) never sees a key again.
+func (r *runner) phase(name string) string {
+	if r.o.rounds == 1 {
+		return name
 	}
-	if !o.baselines {
-		return nil
+	return name + strconv.Itoa(r.res.round)
+}
+
+// medianDelivery is sendq's median delivery rate over the rounds so far.
+func (r *runner) medianDelivery() float64 {
+	var rates []float64
+	for _, res := range r.rounds {
+		if res.delivery.n > 0 {
+			rates = append(rates, res.delivery.perSec())
+		}
 	}
-	if err := r.naive(ctx, true); err != nil {
-		return err
+	if m := median(rates); m != nil {
+		return *m
 	}
-	if err := r.asynqNoop(ctx); err != nil {
-		return err
-	}
-	return r.rawSMTP(ctx)
+	return 0
 }
 
 func (r *runner) startRedis(ctx context.Context) error {
@@ -504,7 +572,8 @@ func (r *runner) sendq(ctx context.Context) error {
 	runtime.GC()
 	var in *loadResult
 	done := r.meter(ctx)
-	mem, err := r.memDelta(ctx, func() { in = r.load(ctx, "sendq intake", api.url, "sendq", o.n, o.c, 0) })
+	phase := r.phase("sendq")
+	mem, err := r.memDelta(ctx, func() { in = r.load(ctx, "sendq intake", api.url, phase, o.n, o.c, 0) })
 	r.res.intake = in
 	r.res.intakeCPU = done(o.n)
 	if err != nil {
@@ -525,35 +594,46 @@ func (r *runner) sendq(ctx context.Context) error {
 	}
 	ph := r.sink.expect(in.Accepted, true)
 	runtime.GC()
-	rss := sampleRSS()
+	// The RSS sampler wakes every 50ms: only in the last round, so that
+	// the other rounds measure the worker alone.
+	var rss *rssSampler
+	if r.lastRound() {
+		rss = sampleRSS()
+	}
+	stopRSS := func() {
+		if rss != nil {
+			r.res.rssPeak = rss.stop()
+			rss = nil
+		}
+	}
 	done = r.meter(ctx)
 	start := time.Now()
 	for _, w := range workers {
 		pprof.Do(ctx, pprof.Labels("component", "sendq-worker"), func(context.Context) { err = w.Start() })
 		if err != nil {
-			rss.stop()
+			stopRSS()
 			return err
 		}
 		defer w.Shutdown()
 	}
 	err = r.await(ctx, "sendq delivery", ph.countdown)
 	r.res.deliveryCPU = done(in.Accepted)
-	r.res.rssPeak = rss.stop()
+	stopRSS()
 	if err != nil {
 		return err
 	}
 	r.res.delivery = throughput{n: in.Accepted, d: ph.last.Sub(start)}
 	var bad int
-	r.res.backlogLat, bad = enqueueTo250(ph.receipts(), r.req.sentTimes("sendq", in))
+	r.res.backlogLat, bad = enqueueTo250(ph.receipts(), r.req.sentTimes(phase, in))
 	r.res.badIDs += bad
 
-	if o.liveDuration <= 0 {
+	if o.liveDuration <= 0 || !r.lastRound() {
 		return nil
 	}
 	// Live: a paced stream below the delivery rate, the worker running.
 	lr := o.liveRate
 	if lr <= 0 {
-		lr = r.res.delivery.perSec() / 4
+		lr = r.medianDelivery() / 4
 	}
 	n := max(int(lr*o.liveDuration.Seconds()), 10)
 	r.res.liveRate = lr
@@ -573,7 +653,7 @@ func (r *runner) sendq(ctx context.Context) error {
 // targetIntake measures the intake of a running sendq at -target.
 func (r *runner) targetIntake(ctx context.Context) error {
 	u := strings.TrimSuffix(r.o.target, "/") + "/v1/emails"
-	r.res.intake = r.load(ctx, "target intake", u, "target", r.o.n, r.o.c, 0)
+	r.res.intake = r.load(ctx, "target intake", u, r.phase("target"), r.o.n, r.o.c, 0)
 	return checkLoad("target intake", r.res.intake)
 }
 
@@ -591,7 +671,7 @@ func (r *runner) naive(ctx context.Context, deliver bool) error {
 	runtime.GC()
 	var in *loadResult
 	done := r.meter(ctx)
-	mem, err := r.memDelta(ctx, func() { in = r.load(ctx, "naive intake", api.url, "naive", o.n, o.c, 0) })
+	mem, err := r.memDelta(ctx, func() { in = r.load(ctx, "naive intake", api.url, r.phase("naive"), o.n, o.c, 0) })
 	r.res.naiveIntakeCPU = done(o.n)
 	api.stop()
 	r.res.naiveIntake = in

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -16,8 +17,20 @@ type Report struct {
 	Time     time.Time `json:"time"`
 	Machine  Machine   `json:"machine"`
 	Settings Settings  `json:"settings"`
-	Rows     []Row     `json:"rows"`
-	Notes    []string  `json:"notes,omitempty"`
+	// Rounds are the rounds begun, in order; the last one is incomplete
+	// if the run failed.
+	Rounds []Round  `json:"rounds"`
+	Rows   []Row    `json:"rows"`
+	Notes  []string `json:"notes,omitempty"`
+}
+
+// Round says when one round ran and which side went first.
+type Round struct {
+	Round int       `json:"round"` // 1-based
+	First string    `json:"first"` // "sendq" or "baselines"
+	Start time.Time `json:"start"`
+	// Seconds is the round's length; 0 if it did not complete.
+	Seconds float64 `json:"seconds,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -47,28 +60,45 @@ type Settings struct {
 	NoopConcurrency   int     `json:"noop_concurrency"`
 	SMTPLatencyMs     float64 `json:"smtp_latency_ms"`
 	Target            string  `json:"target,omitempty"`
+	Rounds            int     `json:"rounds"`
 }
 
 // Row is one figure: sendq's value, the baseline's and their ratio
-// (sendq / baseline). A nil pointer was not measured.
+// (sendq / baseline), over the rounds. A nil pointer was not measured.
 type Row struct {
-	Figure   string   `json:"figure"`
-	Unit     string   `json:"unit"`
+	Figure string `json:"figure"`
+	Unit   string `json:"unit"`
+	// Sendq and Baseline are the medians over the rounds that measured
+	// them.
 	Sendq    *float64 `json:"sendq"`
 	Baseline *float64 `json:"baseline,omitempty"`
 	// BaselineName says what the baseline is.
-	BaselineName string   `json:"baseline_name,omitempty"`
-	Ratio        *float64 `json:"ratio,omitempty"`
+	BaselineName string `json:"baseline_name,omitempty"`
+	// Ratio is the median of the per-round ratios (each round's sendq over
+	// the same round's baseline); RatioMin and RatioMax are their range.
+	Ratio    *float64 `json:"ratio,omitempty"`
+	RatioMin *float64 `json:"ratio_min,omitempty"`
+	RatioMax *float64 `json:"ratio_max,omitempty"`
+	// Rounds are the raw values of every round that measured the figure.
+	Rounds []RoundValue `json:"rounds"`
+}
+
+// RoundValue is one figure in one round. A nil pointer was not measured.
+type RoundValue struct {
+	Round    int      `json:"round"`
+	Sendq    *float64 `json:"sendq,omitempty"`
+	Baseline *float64 `json:"baseline,omitempty"`
+	Ratio    *float64 `json:"ratio,omitempty"`
 }
 
 func ptr(v float64) *float64 { return &v }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// report turns the results into rows; what was not measured is left out
-// (or shown as "-" when only the baseline is missing).
+// report turns the rounds' results into rows; what was not measured is left
+// out (or shown as "-" when only the baseline is missing).
 func (r *runner) report() *Report {
-	o, res := r.o, &r.res
+	o := r.o
 	rep := &Report{
 		Time: time.Now().UTC(),
 		Machine: Machine{OS: runtime.GOOS, Arch: runtime.GOARCH, CPUs: runtime.NumCPU(),
@@ -76,20 +106,127 @@ func (r *runner) report() *Report {
 			LoadAvg: [2]float64{r.loadAvg, loadAvg()}},
 		Settings: Settings{N: o.n, Concurrency: o.c, BodyBytes: o.bodyBytes, Recipients: o.rcpts, Pool: o.pool, Workers: o.workers,
 			WorkerConcurrency: o.concurrency, NaiveConcurrency: o.naiveConcurrency, NoopConcurrency: o.noopConcurrency,
-			SMTPLatencyMs: ms(o.smtpLatency), Target: o.target},
+			SMTPLatencyMs: ms(o.smtpLatency), Target: o.target, Rounds: o.rounds},
 	}
-	add := func(figure, unit string, sendq float64, haveSendq bool, baseName string, base float64, haveBase bool) {
-		row := Row{Figure: figure, Unit: unit}
+	var (
+		figs                    [][]figure
+		delivered, live, rssRan bool
+		badIDs, completed       int
+	)
+	for _, res := range r.rounds {
+		first := "sendq"
+		if !res.sendqFirst {
+			first = "baselines"
+		}
+		rd := Round{Round: res.round, First: first, Start: res.start.UTC()}
+		if !res.end.IsZero() {
+			rd.Seconds = res.end.Sub(res.start).Seconds()
+			completed++
+		}
+		rep.Rounds = append(rep.Rounds, rd)
+		figs = append(figs, r.figures(res))
+		delivered = delivered || res.delivery.n > 0
+		live = live || len(res.liveLat) > 0
+		rssRan = rssRan || res.rssPeak > 0
+		badIDs += res.badIDs
+	}
+	rep.Rows = combine(figs, rep.Rounds)
+
+	if o.rounds > 1 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf(
+			"%d rounds, alternating the order (odd rounds sendq first, even rounds the baselines first): sendq and baseline are medians over the rounds (the mean of the middle two for an even count), ratio is the median of the per-round ratios, min-max their range",
+			o.rounds))
+		if completed < o.rounds {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("only %d of %d rounds completed; the medians are over what was measured", completed, o.rounds))
+		}
+		var once []string
+		if live {
+			once = append(once, "the live-latency phase")
+		}
+		if rssRan {
+			once = append(once, "the peak RSS sampling")
+		}
+		if len(once) > 0 {
+			rep.Notes = append(rep.Notes, strings.Join(once, " and ")+" ran in the last round only")
+		}
+	}
+	if delivered {
+		rep.Notes = append(rep.Notes,
+			"delivery: from the worker's start to the sink's last 250; the worker did not run during the intake phase",
+			"backlog latency includes the wait in the queue while the intake ran; live latency is a paced stream with the worker running",
+			"RSS: API, worker, SMTP sink and load generator share this process (the worker is in process), so the worker alone uses less")
+	}
+	if badIDs > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d received messages had a Message-ID the load generator did not send; left out of the latencies", badIDs))
+	}
+	if o.target != "" {
+		rep.Notes = append(rep.Notes, "intake of "+o.target+" (its own Redis and workers); the naive intake ran in this process")
+	}
+	return rep
+}
+
+// figure is one row of one round, before the rounds are combined. A nil
+// pointer was not measured; baseName is set even then, so that the row is
+// the same row in every round.
+type figure struct {
+	name, unit, baseName string
+	sendq, base          *float64
+}
+
+func (f figure) key() string { return f.name + "\x00" + f.unit + "\x00" + f.baseName }
+
+// combine merges the rounds' figures into rows, each with the summary of
+// its rounds. Rows keep the order in which the rounds list them; a figure
+// only some rounds have (the live latency, the RSS) goes after the figure
+// that precedes it in the first round that has it.
+func combine(figs [][]figure, rounds []Round) []Row {
+	type acc struct {
+		f    figure
+		vals []RoundValue
+	}
+	var keys []string
+	byKey := map[string]*acc{}
+	for i, round := range figs {
+		at := 0 // where a new figure goes: after the last one seen
+		for _, f := range round {
+			k := f.key()
+			a, ok := byKey[k]
+			if !ok {
+				a = &acc{f: f}
+				byKey[k] = a
+				keys = slices.Insert(keys, at, k)
+			}
+			at = slices.Index(keys, k) + 1
+			a.vals = append(a.vals, RoundValue{Round: rounds[i].Round, Sendq: f.sendq, Baseline: f.base})
+		}
+	}
+	rows := make([]Row, 0, len(keys))
+	for _, k := range keys {
+		a := byKey[k]
+		s := summarize(a.vals)
+		row := Row{Figure: a.f.name, Unit: a.f.unit, Sendq: s.sendq, Baseline: s.baseline,
+			Ratio: s.ratio, RatioMin: s.ratioMin, RatioMax: s.ratioMax, Rounds: s.rounds}
+		if s.baseline != nil {
+			row.BaselineName = a.f.baseName
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// figures lists what one round measured.
+func (r *runner) figures(res *results) []figure {
+	o := r.o
+	var out []figure
+	add := func(name, unit string, sendq float64, haveSendq bool, baseName string, base float64, haveBase bool) {
+		f := figure{name: name, unit: unit, baseName: baseName}
 		if haveSendq {
-			row.Sendq = ptr(sendq)
+			f.sendq = ptr(sendq)
 		}
 		if haveBase {
-			row.Baseline, row.BaselineName = ptr(base), baseName
-			if haveSendq && base != 0 {
-				row.Ratio = ptr(sendq / base)
-			}
+			f.base = ptr(base)
 		}
-		rep.Rows = append(rep.Rows, row)
+		out = append(out, f)
 	}
 
 	in, naive := res.intake, res.naiveIntake
@@ -173,20 +310,7 @@ func (r *runner) report() *Report {
 			add("peak RSS during delivery (whole process)", "MB", float64(res.rssPeak)/(1<<20), true, "", 0, false)
 		}
 	}
-
-	if res.delivery.n > 0 {
-		rep.Notes = append(rep.Notes,
-			"delivery: from the worker's start to the sink's last 250; the worker did not run during the intake phase",
-			"backlog latency includes the wait in the queue while the intake ran; live latency is a paced stream with the worker running",
-			"RSS: API, worker, SMTP sink and load generator share this process (the worker is in process), so the worker alone uses less")
-	}
-	if res.badIDs > 0 {
-		rep.Notes = append(rep.Notes, fmt.Sprintf("%d received messages had a Message-ID the load generator did not send; left out of the latencies", res.badIDs))
-	}
-	if o.target != "" {
-		rep.Notes = append(rep.Notes, "intake of "+o.target+" (its own Redis and workers); the naive intake ran in this process")
-	}
-	return rep
+	return out
 }
 
 // writeTable prints the report as an aligned table.
@@ -199,28 +323,30 @@ func (rep *Report) writeTable(w io.Writer) {
 	fmt.Fprintf(w, "sendq bench: %s/%s, %d CPUs (GOMAXPROCS %d)%s, %s, load average %.1f at start, %.1f at end\n",
 		m.OS, m.Arch, m.CPUs, m.GOMAXPROCS, model, m.Go, m.LoadAvg[0], m.LoadAvg[1])
 	if s.Target != "" {
-		fmt.Fprintf(w, "target: %s; Redis (naive intake): %s; n=%d c=%d body=%dB rcpts=%d\n",
-			s.Target, m.Redis, s.N, s.Concurrency, s.BodyBytes, s.Recipients)
+		fmt.Fprintf(w, "target: %s; Redis (naive intake): %s; rounds=%d n=%d c=%d body=%dB rcpts=%d\n",
+			s.Target, m.Redis, s.Rounds, s.N, s.Concurrency, s.BodyBytes, s.Recipients)
 	} else {
-		fmt.Fprintf(w, "Redis: %s; n=%d c=%d body=%dB rcpts=%d workers=%d pool=%d worker-concurrency=%d smtp-latency=%s\n",
-			m.Redis, s.N, s.Concurrency, s.BodyBytes, s.Recipients, s.Workers, s.Pool, s.WorkerConcurrency,
+		fmt.Fprintf(w, "Redis: %s; rounds=%d n=%d c=%d body=%dB rcpts=%d workers=%d pool=%d worker-concurrency=%d smtp-latency=%s\n",
+			m.Redis, s.Rounds, s.N, s.Concurrency, s.BodyBytes, s.Recipients, s.Workers, s.Pool, s.WorkerConcurrency,
 			time.Duration(s.SMTPLatencyMs*float64(time.Millisecond)))
 	}
 	fmt.Fprintln(w, "ratio = sendq / baseline: above 1 is better for rates, below 1 for latency and memory")
 	fmt.Fprintln(w)
 	// The figure and the baseline's name are left-aligned, numbers right.
-	cells := [][]string{{"figure", "sendq", "baseline", "ratio", "baseline is"}}
+	cells := [][]string{{"figure", "sendq", "baseline", "ratio", "min-max", "baseline is"}}
 	for _, r := range rep.Rows {
-		cells = append(cells, []string{r.Figure + " (" + r.Unit + ")", num(r.Sendq), num(r.Baseline), ratio(r.Ratio), r.BaselineName})
+		cells = append(cells, []string{r.Figure + " (" + r.Unit + ")", num(r.Sendq), num(r.Baseline), ratio(r.Ratio),
+			ratioRange(r), r.BaselineName})
 	}
-	width := make([]int, 5)
+	width := make([]int, 6)
 	for _, row := range cells {
 		for i, c := range row {
 			width[i] = max(width[i], len(c))
 		}
 	}
 	for _, row := range cells {
-		line := fmt.Sprintf("%-*s  %*s  %*s  %*s  %s", width[0], row[0], width[1], row[1], width[2], row[2], width[3], row[3], row[4])
+		line := fmt.Sprintf("%-*s  %*s  %*s  %*s  %*s  %s", width[0], row[0], width[1], row[1], width[2], row[2],
+			width[3], row[3], width[4], row[4], row[5])
 		fmt.Fprintln(w, strings.TrimRight(line, " "))
 	}
 	if len(rep.Notes) > 0 {
@@ -249,6 +375,21 @@ func ratio(v *float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.2fx", *v)
+}
+
+// ratioRange is "min-max" of a row's per-round ratios, or "" for a row
+// with fewer than two.
+func ratioRange(r Row) string {
+	n := 0
+	for _, rv := range r.Rounds {
+		if rv.Ratio != nil {
+			n++
+		}
+	}
+	if n < 2 || r.RatioMin == nil || r.RatioMax == nil {
+		return ""
+	}
+	return fmt.Sprintf("%.2f-%.2f", *r.RatioMin, *r.RatioMax)
 }
 
 // writeJSON writes the report to path.

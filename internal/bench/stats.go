@@ -137,3 +137,55 @@ func loadAvg() float64 {
 	v, _ := strconv.ParseFloat(f, 64)
 	return v
 }
+
+// median of vs: the middle value, or the mean of the two middle ones for
+// an even count; nil for none. vs is left as it is.
+func median(vs []float64) *float64 {
+	if len(vs) == 0 {
+		return nil
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	m := len(s) / 2
+	if len(s)%2 == 1 {
+		return ptr(s[m])
+	}
+	return ptr((s[m-1] + s[m]) / 2)
+}
+
+// summary is one figure over the rounds.
+type summary struct {
+	sendq, baseline    *float64 // medians over the rounds that measured them
+	ratio              *float64 // median of the per-round ratios
+	ratioMin, ratioMax *float64
+	rounds             []RoundValue // the rounds, each with its ratio
+}
+
+// summarize combines one figure's rounds. The ratio is paired: each
+// round's sendq value over the same round's baseline (none when either is
+// missing or the baseline is 0), then the median of those, which is not
+// the ratio of the medians: a round that ran while the machine was slow is
+// slow on both sides, and its ratio still counts as one.
+func summarize(rounds []RoundValue) summary {
+	var s summary
+	var sendq, base, ratios []float64
+	for _, rv := range rounds {
+		rv.Ratio = nil
+		if rv.Sendq != nil {
+			sendq = append(sendq, *rv.Sendq)
+		}
+		if rv.Baseline != nil {
+			base = append(base, *rv.Baseline)
+			if rv.Sendq != nil && *rv.Baseline != 0 {
+				rv.Ratio = ptr(*rv.Sendq / *rv.Baseline)
+				ratios = append(ratios, *rv.Ratio)
+			}
+		}
+		s.rounds = append(s.rounds, rv)
+	}
+	s.sendq, s.baseline, s.ratio = median(sendq), median(base), median(ratios)
+	if len(ratios) > 0 {
+		s.ratioMin, s.ratioMax = ptr(slices.Min(ratios)), ptr(slices.Max(ratios))
+	}
+	return s
+}
