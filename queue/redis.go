@@ -1,12 +1,14 @@
 package queue
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -111,4 +113,104 @@ func redactURLError(err error) error {
 		return ue.Err
 	}
 	return err
+}
+
+// ScriptsPipelined returns rdb with one change: its EvalSha, the command
+// asynq runs its Lua scripts with (the enqueue among them), goes through ap,
+// the deferred face of an automatic pipeliner on rdb (rdb.AsyncAutoPipeline).
+// The scripts of concurrent callers then share pipelines: one write and one
+// read per batch instead of per call, which is what Redis spends most of an
+// enqueue on. Every other command runs on rdb as before.
+//
+// Unlike the pipeliner's own blocking face, a call ends when its context
+// does: a frozen Redis costs the caller its deadline, not the read timeout
+// and retries. And a call whose context ended while it waited behind a
+// stalled batch is dropped before it is written, so an intake that answered
+// 503 does not queue the email later anyway; only a call already written
+// when Redis stalled may still run when it wakes, as on rdb.
+func ScriptsPipelined(rdb redis.UniversalClient, ap *redis.AutoPipeliner) redis.UniversalClient {
+	c := &scriptsPipelined{UniversalClient: rdb, ap: ap}
+	rdb.AddHook(dropExpired{c})
+	return c
+}
+
+type scriptsPipelined struct {
+	redis.UniversalClient
+	ap *redis.AutoPipeliner
+	// waiting holds the context of each submitted command until its batch
+	// is about to be written (*redis.Cmd -> context.Context).
+	waiting sync.Map
+}
+
+func (c *scriptsPipelined) EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd {
+	cmdArgs := make([]any, 0, 3+len(keys)+len(args))
+	cmdArgs = append(cmdArgs, "evalsha", sha1, len(keys))
+	for _, k := range keys {
+		cmdArgs = append(cmdArgs, k)
+	}
+	cmdArgs = append(cmdArgs, args...)
+	// The submitted command belongs to the pipeliner until its batch has
+	// run; the caller gets its own copy of the outcome.
+	sent := redis.NewCmd(ctx, cmdArgs...)
+	out := redis.NewCmd(ctx, cmdArgs...)
+	c.waiting.Store(sent, ctx)
+	f := c.ap.Submit(ctx, sent)
+	if err := f.WaitContext(ctx); err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		out.SetErr(err) // dropExpired forgets sent when its batch goes out
+		return out
+	}
+	c.waiting.Delete(sent) // in case it never reached a batch (refused)
+	out.SetVal(sent.Val())
+	out.SetErr(sent.Err())
+	return out
+}
+
+// dropExpired is a pipeline hook on rdb: it takes out of a batch about to
+// be written the scripts whose caller has given up.
+type dropExpired struct{ c *scriptsPipelined }
+
+func (dropExpired) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (dropExpired) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h dropExpired) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var keep []redis.Cmder
+		for i, cmd := range cmds {
+			v, ok := h.c.waiting.LoadAndDelete(cmd)
+			if !ok {
+				if keep != nil {
+					keep = append(keep, cmd)
+				}
+				continue
+			}
+			if err := v.(context.Context).Err(); err != nil {
+				cmd.SetErr(err)
+				if keep == nil {
+					keep = append(make([]redis.Cmder, 0, len(cmds)), cmds[:i]...)
+				}
+				continue
+			}
+			if keep != nil {
+				keep = append(keep, cmd)
+			}
+		}
+		switch {
+		case keep == nil:
+			return next(ctx, cmds)
+		case len(keep) == 0:
+			return nil
+		}
+		return next(ctx, keep)
+	}
+}
+
+// PipelineOptions are the settings of sendq's automatic pipeliners:
+// go-redis's defaults (one ordered stream, one batch in flight, up to 200
+// commands a batch: callers that arrive while a batch is out form the next)
+// and a bound on waiting commands. When Redis stalls, the command past the
+// bound fails at once (the intake answers 503) instead of growing memory.
+func PipelineOptions() *redis.AutoPipelineOptions {
+	o := redis.DefaultAutoPipelineOptions()
+	o.MaxQueuedCommands = 10000
+	return o
 }

@@ -74,7 +74,9 @@ type Store struct {
 const DefaultRecordTTL = 7 * 24 * time.Hour
 
 // NewStore returns a Store on rdb whose records expire ttl after their last
-// write (DefaultRecordTTL if ttl is zero).
+// write (DefaultRecordTTL if ttl is zero). rdb may be the deferred face of
+// an automatic pipeliner (rdb.AsyncAutoPipeline()): the records of
+// concurrent deliveries are then read and written in shared batches.
 func NewStore(rdb redis.UniversalClient, ttl time.Duration) *Store {
 	if ttl <= 0 {
 		ttl = DefaultRecordTTL
@@ -152,9 +154,25 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	if len(fields) == 0 {
 		return nil
 	}
-	// One round trip; the commands run in order on one connection. A
-	// MULTI would cost Redis more and buys nothing here: every field is
-	// written whole, and the expiry is refreshed by the next write anyway.
+	// The commands run in order, in one round trip. A MULTI would cost
+	// Redis more and buys nothing here: every field is written whole, and
+	// the expiry is refreshed by the next write anyway.
+	if ap, ok := s.rdb.(*redis.AutoPipeliner); ok && !ap.IsBlocking() {
+		// The deferred face of an automatic pipeliner: the commands join
+		// the ordered stream that other goroutines' commands share, and
+		// go out in one batch with them.
+		cmds := make([]redis.Cmder, 0, 3)
+		if u.Reset {
+			cmds = append(cmds, ap.Del(ctx, key))
+		}
+		cmds = append(cmds, ap.HSet(ctx, key, fields...), ap.Expire(ctx, key, s.ttl))
+		for _, c := range cmds {
+			if err := c.Err(); err != nil {
+				return fmt.Errorf("save record: %w", err)
+			}
+		}
+		return nil
+	}
 	pipe := s.rdb.Pipeline()
 	if u.Reset {
 		pipe.Del(ctx, key)

@@ -28,6 +28,8 @@ import (
 type sendqProc struct {
 	cfg    *config.Config
 	rdb    redis.UniversalClient
+	ap     *redis.AutoPipeliner   // the intake's, if on
+	aps    []*redis.AutoPipeliner // the workers'
 	enq    *asynq.Client
 	m      *metrics.Metrics
 	store  *queue.Store
@@ -59,7 +61,16 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 		_ = rdb.Close()
 		return nil, err
 	}
-	p.enq = asynq.NewClientFromRedisClient(rdb)
+	// As `sendq serve` does: concurrent enqueues share pipelines.
+	var enq redis.UniversalClient = rdb
+	if cfg.AutoPipeline {
+		if p.ap, err = rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions()); err != nil {
+			_ = rdb.Close()
+			return nil, fmt.Errorf("redis autopipeline: %w", err)
+		}
+		enq = queue.ScriptsPipelined(rdb, p.ap)
+	}
+	p.enq = asynq.NewClientFromRedisClient(enq)
 	api, err := producer.New(rdb, p.enq, asynq.NewInspectorFromRedisClient(rdb), p.store, producer.Config{
 		Keys:         keys,
 		Limits:       producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom},
@@ -98,13 +109,24 @@ func (p *sendqProc) newWorker(relayAddr string, pool, concurrency int) (*worker.
 		concurrency = 2 * pool
 	}
 	c := p.cfg
+	// As `sendq serve` does: the records of concurrent deliveries are
+	// read and written in shared batches.
+	store := p.store
+	if c.AutoPipeline {
+		aap, err := p.rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
+		if err != nil {
+			return nil, fmt.Errorf("redis autopipeline: %w", err)
+		}
+		p.aps = append(p.aps, aap)
+		store = queue.NewStore(aap, c.MaxAge+c.Retention+24*time.Hour)
+	}
 	return worker.New(p.rdb, worker.Config{
 		Relay: relay,
 		Pool: worker.PoolConfig{Size: pool, IdleTimeout: c.IdleTimeout, MaxConnAge: c.MaxConnAge,
 			CommandTimeout: c.SMTPTimeout},
 		Concurrency: concurrency, RetryBaseDelay: c.RetryBase, RetryMaxDelay: c.RetryMax,
 		MaxAge: c.MaxAge, ShutdownTimeout: c.ShutdownTimeout,
-		Store: p.store, Logger: p.log, Metrics: p.m,
+		Store: store, Logger: p.log, Metrics: p.m,
 	})
 }
 
@@ -120,6 +142,12 @@ func (p *sendqProc) stop() {
 func (p *sendqProc) closeRedis() {
 	if p.enq != nil {
 		_ = p.enq.Close()
+	}
+	if p.ap != nil {
+		_ = p.ap.Close()
+	}
+	for _, ap := range p.aps {
+		_ = ap.Close()
 	}
 	_ = p.rdb.Close()
 }

@@ -25,6 +25,7 @@ type Config struct {
 	APIKeys         string
 	AdminKeys       string
 	UIAllowWrites   bool
+	AutoPipeline    bool
 	AllowedFrom     string
 	DefaultFrom     string
 	MaxMessageBytes int64
@@ -81,6 +82,17 @@ func duration(name string, dst func(*Config) *time.Duration) func(*Config, strin
 	}
 }
 
+func boolean(name string, dst func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%s=%q must be true or false", name, v)
+		}
+		*dst(c) = b
+		return nil
+	}
+}
+
 func rate(name string, dst func(*Config) *redis_rate.Limit) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		l, err := queue.ParseRate(v)
@@ -105,14 +117,9 @@ var settings = []Setting{
 	{Env: "SENDQ_ADMIN_KEYS", Flag: "admin-keys", Help: "comma-separated keys for the web view at /ui/; unset: the API keys",
 		set: str(func(c *Config) *string { return &c.AdminKeys }), secret: true},
 	{Env: "SENDQ_UI_ALLOW_WRITES", Flag: "ui-allow-writes", Def: "false", Help: "let the web view at /ui/ change tasks (retry, delete, pause); default read-only",
-		set: func(c *Config, v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return fmt.Errorf("SENDQ_UI_ALLOW_WRITES=%q must be true or false", v)
-			}
-			c.UIAllowWrites = b
-			return nil
-		}},
+		set: boolean("SENDQ_UI_ALLOW_WRITES", func(c *Config) *bool { return &c.UIAllowWrites })},
+	{Env: "SENDQ_REDIS_AUTOPIPELINE", Flag: "redis-autopipeline", Def: "true", Help: "let the enqueues of concurrent requests and the delivery records of concurrent sends share Redis pipelines (go-redis AutoPipeliner); false: one round trip each",
+		set: boolean("SENDQ_REDIS_AUTOPIPELINE", func(c *Config) *bool { return &c.AutoPipeline })},
 	{Env: "SENDQ_ALLOWED_FROM", Flag: "allowed-from", Help: "comma-separated addresses (a@x.com) or domains (@x.com) allowed as From; unset: any",
 		set: str(func(c *Config) *string { return &c.AllowedFrom })},
 	{Env: "SENDQ_DEFAULT_FROM", Flag: "default-from", Help: "From used when a request has none",

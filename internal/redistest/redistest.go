@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -160,6 +161,22 @@ func (s *Server) Stop() {
 	s.stopped = true
 	_ = s.cmd.Process.Signal(syscall.SIGKILL)
 	_ = s.cmd.Wait()
+}
+
+// Pause freezes the server (SIGSTOP) until the returned function, also
+// run when t ends, lets it go on (SIGCONT). A miniredis fallback skips t.
+func (s *Server) Pause(t testing.TB) (resume func()) {
+	t.Helper()
+	if s.mini != nil || s.cmd == nil {
+		t.Skip("pausing needs a real redis-server")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP redis-server: %v", err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	return resume
 }
 
 // Restart starts the server again on the same port and directory, after

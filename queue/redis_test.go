@@ -1,0 +1,99 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sendq/sendq/internal/redistest"
+	"github.com/sendq/sendq/queue"
+)
+
+func scriptsPipelined(t *testing.T, rs *redistest.Server, opt *redis.Options) redis.UniversalClient {
+	t.Helper()
+	opt.Addr = rs.Addr
+	rdb := redis.NewClient(opt)
+	ap, err := rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ap.Close(); _ = rdb.Close() })
+	return queue.ScriptsPipelined(rdb, ap)
+}
+
+// Concurrent callers share batches, and each gets its own reply: the
+// script echoes the caller's argument. The first call of a script Redis
+// has not seen comes back NOSCRIPT and go-redis falls back to EVAL.
+func TestScriptsPipelinedRepliesToEachCaller(t *testing.T) {
+	rs := redistest.Start(t)
+	c := scriptsPipelined(t, rs, &redis.Options{})
+	echo := redis.NewScript(`redis.call("INCR", KEYS[1]) return ARGV[1]`)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for i := range 200 {
+		wg.Go(func() {
+			got, err := echo.Run(ctx, c, []string{"calls"}, i).Text()
+			if err == nil && got != strconv.Itoa(i) {
+				err = errors.New("caller " + strconv.Itoa(i) + " got " + got)
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n, err := c.Get(ctx, "calls").Int(); err != nil || n != 200 {
+		t.Errorf("the script ran %d times (%v); want 200", n, err)
+	}
+}
+
+// With Redis frozen, a call ends with its context, not after the client's
+// read timeout and retries. A call that was still waiting behind the
+// stalled batch when its context ended is never written: it does not run
+// when Redis wakes. (The stalled batch itself was written, so it runs.)
+func TestScriptsPipelinedEndsWithTheContext(t *testing.T) {
+	rs := redistest.Start(t)
+	c := scriptsPipelined(t, rs, &redis.Options{ReadTimeout: 20 * time.Second, MaxRetries: 1})
+	incr := redis.NewScript(`return redis.call("INCR", KEYS[1])`)
+	keys := []string{"runs"}
+	if err := incr.Run(context.Background(), c, keys).Err(); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	resume := rs.Pause(t)
+	run := func() <-chan error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		done := make(chan error, 1)
+		go func() { defer cancel(); done <- incr.Run(ctx, c, keys).Err() }()
+		return done
+	}
+	stalled := run()                   // written, then Redis does not answer
+	time.Sleep(200 * time.Millisecond) // its batch is out
+	queued := run()                    // waits behind it
+	for name, done := range map[string]<-chan error{"stalled": stalled, "queued": queued} {
+		select {
+		case err := <-done:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("%s call on a frozen Redis = %v; want context.DeadlineExceeded", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s call on a frozen Redis did not end with its context", name)
+		}
+	}
+	resume()
+	// The pipeliner recovers; the queued call was dropped, the stalled one
+	// ran: this is the third run.
+	n, err := incr.Run(context.Background(), c, keys).Int()
+	if err != nil || n != 3 {
+		t.Errorf("run after Redis came back = %d, %v; want 3 (the queued call must not have run)", n, err)
+	}
+}
