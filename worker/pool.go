@@ -331,18 +331,9 @@ func (c *Conn) Send(ctx context.Context, timeout time.Duration, env Envelope, ms
 		res.BeforeRcpt = true
 		return res.failAll(env.To, fmt.Errorf("send MAIL FROM: %w", err), closesConn(err)).reset(c)
 	}
-	var accepted []string
-	for i, rcpt := range env.To {
-		if err := c.c.Rcpt("<" + rcpt + ">"); err != nil {
-			if closesConn(err) {
-				// No reply or 421: the rest cannot be asked on this connection.
-				return res.failAll(env.To[i:], fmt.Errorf("send RCPT TO: %w", err), true).
-					failAll(accepted, fmt.Errorf("send RCPT TO: %w", err), true)
-			}
-			res.Rcpt[rcpt] = fmt.Errorf("send RCPT TO: %w", err)
-			continue
-		}
-		accepted = append(accepted, rcpt)
+	accepted, ok := res.judgeRcpts(env.To, func(rcpt string) error { return c.c.Rcpt("<" + rcpt + ">") })
+	if !ok {
+		return res
 	}
 	if len(accepted) == 0 {
 		return res.reset(c)
@@ -433,17 +424,9 @@ func (c *Conn) sendPipelined(env Envelope, msg io.WriterTo, res *TxResult) *TxRe
 		}
 		return c.endUnwantedData(res)
 	}
-	var accepted []string
-	for i, rcpt := range env.To {
-		if _, _, err := text.ReadResponse(25); err != nil {
-			if closesConn(err) {
-				return res.failAll(env.To[i:], fmt.Errorf("send RCPT TO: %w", err), true).
-					failAll(accepted, fmt.Errorf("send RCPT TO: %w", err), true)
-			}
-			res.Rcpt[rcpt] = fmt.Errorf("send RCPT TO: %w", err)
-			continue
-		}
-		accepted = append(accepted, rcpt)
+	accepted, ok := res.judgeRcpts(env.To, func(string) error { _, _, err := text.ReadResponse(25); return err })
+	if !ok {
+		return res
 	}
 	if len(accepted) == 0 {
 		// DATA should have been refused (no valid recipient); a server
@@ -498,6 +481,27 @@ func (c *Conn) endUnwantedData(res *TxResult) *TxResult {
 		return res
 	}
 	return res.reset(c)
+}
+
+// judgeRcpts records the RCPT reply of each recipient in to, which reply
+// gets in order, and returns those accepted. A reply that closes the
+// connection (none, or 421) leaves the rest unasked: they and those already
+// accepted fail with it, and ok is false.
+func (r *TxResult) judgeRcpts(to []string, reply func(rcpt string) error) (accepted []string, ok bool) {
+	for i, rcpt := range to {
+		err := reply(rcpt)
+		if err == nil {
+			accepted = append(accepted, rcpt)
+			continue
+		}
+		err = fmt.Errorf("send RCPT TO: %w", err)
+		if closesConn(err) {
+			r.failAll(to[i:], err, true).failAll(accepted, err, true)
+			return nil, false
+		}
+		r.Rcpt[rcpt] = err
+	}
+	return accepted, true
 }
 
 func (r *TxResult) failAll(rcpts []string, err error, broken bool) *TxResult {

@@ -266,6 +266,21 @@ func scriptedSMTP(t *testing.T, ehlo []string, steps []scriptStep) (addr string,
 	}
 }
 
+// sendOnce runs one transaction on a fresh pool to the server at addr,
+// then closes the pool (QUIT).
+func sendOnce(t *testing.T, addr string, env Envelope, msg string) *TxResult {
+	t.Helper()
+	p, _, _ := newTestPool(t, "smtp://"+addr+"?tls=none", PoolConfig{Size: 1, CommandTimeout: 2 * time.Second})
+	c, err := p.Get(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := c.Send(context.Background(), 2*time.Second, env, strings.NewReader(msg))
+	p.Put(c, res.Broken)
+	p.Close()
+	return res
+}
+
 // The server below answers nothing between MAIL and DATA until it has read
 // the DATA line: a client that waited for each reply would time out.
 func TestSendPipelinesWhenOffered(t *testing.T) {
@@ -274,16 +289,8 @@ func TestSendPipelinesWhenOffered(t *testing.T) {
 		{".", "250 2.0.0 queued\r\n"},
 		{"QUIT", "221 bye\r\n"},
 	})
-	p, _, _ := newTestPool(t, "smtp://"+addr+"?tls=none", PoolConfig{Size: 1, CommandTimeout: 2 * time.Second})
-	c, err := p.Get(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := c.Send(context.Background(), 2*time.Second,
-		Envelope{From: "a@example.com", To: []string{"b@example.com", "nobody@example.com"}, DSN: true},
-		strings.NewReader("Subject: x\r\n\r\nhi\r\n"))
-	p.Put(c, res.Broken)
-	p.Close()
+	res := sendOnce(t, addr, Envelope{From: "a@example.com", To: []string{"b@example.com", "nobody@example.com"}, DSN: true},
+		"Subject: x\r\n\r\nhi\r\n")
 	if !res.Delivered || res.Broken || res.Rcpt["b@example.com"] != nil {
 		t.Fatalf("Send = %+v; want delivered to b@ on a reusable connection", res)
 	}
@@ -311,16 +318,8 @@ func TestPipelinedDataWithNoRecipientSendsLoneDot(t *testing.T) {
 		{"RSET", "250 ok\r\n"},
 		{"QUIT", "221 bye\r\n"},
 	})
-	p, _, _ := newTestPool(t, "smtp://"+addr+"?tls=none", PoolConfig{Size: 1, CommandTimeout: 2 * time.Second})
-	c, err := p.Get(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := c.Send(context.Background(), 2*time.Second,
-		Envelope{From: "a@example.com", To: []string{"nobody@example.com"}},
-		strings.NewReader("Subject: x\r\n\r\nmust not be sent\r\n"))
-	p.Put(c, res.Broken)
-	p.Close()
+	res := sendOnce(t, addr, Envelope{From: "a@example.com", To: []string{"nobody@example.com"}},
+		"Subject: x\r\n\r\nmust not be sent\r\n")
 	if res.Delivered || res.Broken || res.Rcpt["nobody@example.com"] == nil {
 		t.Errorf("Send = %+v; want nobody@ refused, the connection reusable", res)
 	}

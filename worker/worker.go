@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,13 @@ type Config struct {
 	// Concurrency is how many emails one process handles at once. If zero,
 	// twice the pool size.
 	Concurrency int
+	// Fetchers is how many asynq servers the process runs over the same
+	// pool and handler, splitting Concurrency between them. An asynq server
+	// takes tasks from Redis one at a time, one round trip each, on a
+	// single goroutine: with a fast relay that loop, not SMTP nor the
+	// number of concurrent sends, is the ceiling (README: Performance).
+	// If zero, 4; never more than Concurrency.
+	Fetchers int
 	// RetryBaseDelay is the first retry's delay, doubled for each retry
 	// with jitter. If zero, 30s.
 	RetryBaseDelay time.Duration
@@ -69,6 +77,10 @@ func (c *Config) validate() error {
 	if c.Concurrency <= 0 {
 		c.Concurrency = 2 * c.Pool.Size
 	}
+	if c.Fetchers <= 0 {
+		c.Fetchers = 4
+	}
+	c.Fetchers = min(c.Fetchers, c.Concurrency)
 	if c.RetryBaseDelay <= 0 {
 		c.RetryBaseDelay = 30 * time.Second
 	}
@@ -102,7 +114,7 @@ type Worker struct {
 	log  *slog.Logger
 	m    *metrics.Metrics
 	pool *Pool
-	srv  *asynq.Server
+	srvs []*asynq.Server // the fetchers
 	now  func() time.Time
 
 	limiter *redis_rate.Limiter
@@ -131,8 +143,22 @@ func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
 	if cfg.PollInterval > 0 {
 		delayed, poll = cfg.PollInterval, cfg.PollInterval
 	}
-	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency:              cfg.Concurrency,
+	for i := range cfg.Fetchers {
+		// Concurrency split as evenly as it goes: 18 over 4 is 5, 5, 4, 4.
+		n := cfg.Concurrency / cfg.Fetchers
+		if i < cfg.Concurrency%cfg.Fetchers {
+			n++
+		}
+		w.srvs = append(w.srvs, w.newServer(rdb, n, delayed, poll))
+	}
+	return w, nil
+}
+
+// newServer returns one fetcher: an asynq server handing its tasks to w.
+func (w *Worker) newServer(rdb redis.UniversalClient, concurrency int, delayed, poll time.Duration) *asynq.Server {
+	cfg := w.cfg
+	return asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency:              concurrency,
 		Queues:                   map[string]int{queue.Name: 1},
 		RetryDelayFunc:           w.retryDelay,
 		ShutdownTimeout:          cfg.ShutdownTimeout,
@@ -141,15 +167,19 @@ func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
 		Logger:                   NewAsynqLogger(cfg.Logger),
 		LogLevel:                 asynq.WarnLevel,
 	})
-	return w, nil
 }
 
 // Start begins fetching and delivering emails. It returns at once.
 func (w *Worker) Start() error {
 	mux := asynq.NewServeMux()
 	mux.Handle(queue.TypeSendEmail, w)
-	if err := w.srv.Start(mux); err != nil {
-		return fmt.Errorf("start worker: %w", err)
+	for i, srv := range w.srvs {
+		if err := srv.Start(mux); err != nil {
+			for _, started := range w.srvs[:i] {
+				started.Shutdown()
+			}
+			return fmt.Errorf("start worker: %w", err)
+		}
 	}
 	return nil
 }
@@ -159,7 +189,13 @@ func (w *Worker) Start() error {
 // QUIT on every pooled connection. A task still running after that goes
 // back to the queue and its recorded recipients are not sent again.
 func (w *Worker) Shutdown() {
-	w.srv.Shutdown()
+	// The fetchers stop together, each waiting for its own in-flight
+	// sends; then the pool they share closes.
+	var wg sync.WaitGroup
+	for _, srv := range w.srvs {
+		wg.Go(srv.Shutdown)
+	}
+	wg.Wait()
 	w.pool.Close()
 }
 

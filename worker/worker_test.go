@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/mail"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -153,6 +154,22 @@ func (b *testBundle) enqueue(t *testing.T, e *queue.Email, maxAttempts int) {
 	}
 }
 
+// sentOnceAfter enqueues an email to a@example.com (5 attempts allowed)
+// and checks that it ends sent after attempts attempts, delivered once.
+func (b *testBundle) sentOnceAfter(t *testing.T, attempts int) *queue.EmailStatus {
+	t.Helper()
+	e := newEmail("a@example.com")
+	b.enqueue(t, e, 5)
+	st := b.waitFinal(t, e.ID)
+	if st.Status != queue.StatusSent || st.Attempts != attempts {
+		t.Fatalf("status %s attempts %d; want sent after %d", st.Status, st.Attempts, attempts)
+	}
+	if got := b.smtp.Copies()["a@example.com"]; got != 1 {
+		t.Errorf("copies = %d; want 1", got)
+	}
+	return st
+}
+
 // waitFinal polls the status API's view until the email is sent or failed.
 func (b *testBundle) waitFinal(t *testing.T, id string) *queue.EmailStatus {
 	t.Helper()
@@ -225,15 +242,7 @@ func TestTransientThenAccept(t *testing.T) {
 				return nil
 			},
 		})}})
-		e := newEmail("a@example.com")
-		b.enqueue(t, e, 5)
-		st := b.waitFinal(t, e.ID)
-		if st.Status != queue.StatusSent || st.Attempts != 2 {
-			t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
-		}
-		if got := b.smtp.Copies()["a@example.com"]; got != 1 {
-			t.Errorf("copies = %d; want 1", got)
-		}
+		b.sentOnceAfter(t, 2)
 		if got := testutil.ToFloat64(b.m.Attempts.WithLabelValues(metrics.OutcomeRetry)); got != 1 {
 			t.Errorf("retry attempts metric = %v; want 1", got)
 		}
@@ -322,15 +331,7 @@ func TestConnectionDroppedDuringDataIsRetried(t *testing.T) {
 				return nil
 			},
 		})}})
-		e := newEmail("a@example.com")
-		b.enqueue(t, e, 5)
-		st := b.waitFinal(t, e.ID)
-		if st.Status != queue.StatusSent || st.Attempts != 2 {
-			t.Fatalf("status %s attempts %d; want sent after 2", st.Status, st.Attempts)
-		}
-		if got := b.smtp.Copies()["a@example.com"]; got != 1 {
-			t.Errorf("copies = %d; want 1", got)
-		}
+		b.sentOnceAfter(t, 2)
 	})
 }
 
@@ -384,15 +385,7 @@ func TestResetFailureAfter250MeansDelivered(t *testing.T) {
 				}
 			},
 		})}})
-		e := newEmail("a@example.com")
-		b.enqueue(t, e, 5)
-		st := b.waitFinal(t, e.ID)
-		if st.Status != queue.StatusSent || st.Attempts != 1 {
-			t.Fatalf("status %s attempts %d; want sent after 1", st.Status, st.Attempts)
-		}
-		if got := b.smtp.Copies()["a@example.com"]; got != 1 {
-			t.Errorf("copies = %d; want 1", got)
-		}
+		b.sentOnceAfter(t, 1)
 	})
 }
 
@@ -727,5 +720,47 @@ func TestRecordOfAnEarlierEmailWithTheSameIDIsIgnored(t *testing.T) {
 	}
 	if got := b.smtp.Copies()["a@example.com"]; got != 1 {
 		t.Errorf("copies = %d; want 1 (the earlier email's record does not count)", got)
+	}
+}
+
+// A worker runs Fetchers asynq servers over one pool, splitting its
+// concurrency, and they deliver together.
+func TestFetchersSplitConcurrency(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{cfg: func(c *worker.Config) { c.Concurrency, c.Fetchers = 10, 4 }})
+	insp := asynq.NewInspectorFromRedisClient(b.rdb)
+	var got []int
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		servers, err := insp.Servers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = got[:0]
+		for _, s := range servers {
+			got = append(got, s.Concurrency)
+		}
+		if len(got) == 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	sort.Ints(got)
+	if fmt.Sprint(got) != "[2 2 3 3]" {
+		t.Errorf("servers' concurrency = %v; want [2 2 3 3] (10 over 4 fetchers)", got)
+	}
+	var ids []string
+	for i := range 20 {
+		e := newEmail(fmt.Sprintf("r%d@example.com", i))
+		b.enqueue(t, e, 3)
+		ids = append(ids, e.ID)
+	}
+	for _, id := range ids {
+		if st := b.waitFinal(t, id); st.Status != queue.StatusSent {
+			t.Errorf("email %s: %s; want sent", id, st.Status)
+		}
+	}
+	if n := len(b.smtp.Messages()); n != 20 {
+		t.Errorf("server got %d messages; want 20, each once", n)
 	}
 }

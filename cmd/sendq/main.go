@@ -293,7 +293,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Relay: relay,
 			Pool: worker.PoolConfig{Size: cfg.PoolSize, IdleTimeout: cfg.IdleTimeout, MaxConnAge: cfg.MaxConnAge,
 				CommandTimeout: cfg.SMTPTimeout},
-			Concurrency: cfg.Concurrency, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
+			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
 			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
 			Store: wstore, Logger: log, Metrics: m,
 		})
@@ -303,7 +303,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		if err := w.Start(); err != nil {
 			return err
 		}
-		log.Info("worker started", "relay", relay.String(), "pool_size", cfg.PoolSize, "concurrency", cfg.Concurrency)
+		log.Info("worker started", "relay", relay.String(), "pool_size", cfg.PoolSize, "concurrency", cfg.Concurrency, "fetchers", cfg.Fetchers)
 	}
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)

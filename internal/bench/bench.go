@@ -77,6 +77,7 @@ type options struct {
 	rounds           int
 	pool             int
 	concurrency      int
+	fetchers         int
 	workers          int
 	naiveConcurrency int
 	noopConcurrency  int
@@ -125,6 +126,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.IntVar(&o.rounds, "rounds", 3, "repeat the whole measurement this many times, alternating sendq first and baselines first; the table shows medians")
 	fs.IntVar(&o.pool, "pool", 8, "sendq's SMTP pool size (and the raw SMTP baseline's connections)")
 	fs.IntVar(&o.concurrency, "worker-concurrency", 0, "sendq worker concurrency; 0: twice the pool")
+	fs.IntVar(&o.fetchers, "worker-fetchers", 0, "asynq servers of each sendq worker; 0: sendq's default")
 	fs.IntVar(&o.workers, "workers", 1, "sendq workers delivering together (in this process, each with its own pool)")
 	fs.IntVar(&o.naiveConcurrency, "naive-concurrency", 32, "concurrency of the naive worker baseline")
 	fs.IntVar(&o.noopConcurrency, "noop-concurrency", 50, "concurrency of the asynq no-op baseline")
@@ -159,8 +161,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 			errs = append(errs, fmt.Sprintf("-%s must be at least 1", f.name))
 		}
 	}
-	if o.concurrency < 0 || o.bodyBytes < 0 || o.smtpLatency < 0 || o.liveDuration < 0 || o.liveRate < 0 {
-		errs = append(errs, "-worker-concurrency, -body-bytes, -smtp-latency, -live-duration and -live-rate may not be negative")
+	if o.concurrency < 0 || o.fetchers < 0 || o.bodyBytes < 0 || o.smtpLatency < 0 || o.liveDuration < 0 || o.liveRate < 0 {
+		errs = append(errs, "-worker-concurrency, -worker-fetchers, -body-bytes, -smtp-latency, -live-duration and -live-rate may not be negative")
 	}
 	if o.stall <= 0 {
 		errs = append(errs, "-stall-timeout must be positive")
@@ -588,7 +590,7 @@ func (r *runner) sendq(ctx context.Context) error {
 	// pool), as K worker processes would run, but in this process.
 	workers := make([]*worker.Worker, o.workers)
 	for i := range workers {
-		if workers[i], err = api.newWorker(r.sink.addr, o.pool, o.concurrency); err != nil {
+		if workers[i], err = api.newWorker(r.sink.addr, o.pool, o.concurrency, o.fetchers); err != nil {
 			return fmt.Errorf("sendq worker: %w", err)
 		}
 	}

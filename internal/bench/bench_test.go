@@ -105,14 +105,7 @@ func TestMainTiny(t *testing.T) {
 		t.Errorf("no live latency rows in:\n%s", out)
 	}
 
-	b, err := os.ReadFile(jsonPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatalf("-json output does not decode: %v", err)
-	}
+	rep := readReport(t, jsonPath)
 	if rep.Settings.N != 200 || rep.Settings.Pool != 2 || rep.Settings.Rounds != 2 {
 		t.Errorf("json settings = %+v; want n=200 pool=2 rounds=2", rep.Settings)
 	}
@@ -184,14 +177,7 @@ func TestTargetRounds(t *testing.T) {
 		t.Errorf("the header does not say rounds=3:\n%s", &stdout)
 	}
 
-	b, err := os.ReadFile(jsonPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep Report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatalf("-json output does not decode: %v", err)
-	}
+	rep := readReport(t, jsonPath)
 	var firsts []string
 	for _, r := range rep.Rounds {
 		firsts = append(firsts, r.First)
@@ -478,4 +464,18 @@ func fmtPtr(v *float64) string {
 		return "nil"
 	}
 	return strconv.FormatFloat(*v, 'g', -1, 64)
+}
+
+// readReport reads what -json wrote.
+func readReport(t *testing.T, path string) *Report {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("-json output does not decode: %v", err)
+	}
+	return &rep
 }

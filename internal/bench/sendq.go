@@ -100,7 +100,7 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 
 // newWorker returns sendq's worker delivering to the sink at relayAddr with
 // the given pool size and concurrency (0: twice the pool).
-func (p *sendqProc) newWorker(relayAddr string, pool, concurrency int) (*worker.Worker, error) {
+func (p *sendqProc) newWorker(relayAddr string, pool, concurrency, fetchers int) (*worker.Worker, error) {
 	relay, err := worker.ParseRelay("smtp://" + relayAddr + "?tls=none")
 	if err != nil {
 		return nil, err
@@ -109,6 +109,9 @@ func (p *sendqProc) newWorker(relayAddr string, pool, concurrency int) (*worker.
 		concurrency = 2 * pool
 	}
 	c := p.cfg
+	if fetchers <= 0 {
+		fetchers = c.Fetchers
+	}
 	// As `sendq serve` does: the records of concurrent deliveries are
 	// read and written in shared batches.
 	store := p.store
@@ -124,7 +127,7 @@ func (p *sendqProc) newWorker(relayAddr string, pool, concurrency int) (*worker.
 		Relay: relay,
 		Pool: worker.PoolConfig{Size: pool, IdleTimeout: c.IdleTimeout, MaxConnAge: c.MaxConnAge,
 			CommandTimeout: c.SMTPTimeout},
-		Concurrency: concurrency, RetryBaseDelay: c.RetryBase, RetryMaxDelay: c.RetryMax,
+		Concurrency: concurrency, Fetchers: fetchers, RetryBaseDelay: c.RetryBase, RetryMaxDelay: c.RetryMax,
 		MaxAge: c.MaxAge, ShutdownTimeout: c.ShutdownTimeout,
 		Store: store, Logger: p.log, Metrics: p.m,
 	})

@@ -5,6 +5,7 @@ package chaos
 import (
 	"context"
 	"regexp"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -152,15 +153,29 @@ func stuckNote(s *scenario, d *drained) {
 
 var usedMemoryRe = regexp.MustCompile(`(?m)^used_memory:(\d+)`)
 
-// Scenario 5: Redis runs out of memory (maxmemory 2mb, noeviction). Once
+// Scenario 5: Redis runs out of memory (noeviction, maxmemory 1.5 MB above
+// what the idle cluster uses: its servers and connections take more or less
+// with the number of fetchers). Once
 // full the API answers 503; no 202 is ever given for a task that was not
 // stored: every 202 id is found by the status API while Redis is full.
 // Then the operator gives Redis memory, and every accepted email is
 // delivered.
 func TestRedisOutOfMemory(t *testing.T) {
 	t.Parallel()
-	s := newScenario(t, "5", "Redis out of memory (maxmemory 2mb, noeviction)")
-	c := newCluster(t, clusterConfig{redisArgs: []string{"--maxmemory", "2mb", "--maxmemory-policy", "noeviction"}})
+	s := newScenario(t, "5", "Redis out of memory (maxmemory idle + 1.5 MB, noeviction)")
+	c := newCluster(t, clusterConfig{redisArgs: []string{"--maxmemory-policy", "noeviction"}})
+	rc := c.redisClient()
+	defer rc.Close()
+	ctx := context.Background()
+	info, _ := rc.Info(ctx, "memory").Result()
+	m := usedMemoryRe.FindStringSubmatch(info)
+	if m == nil {
+		t.Fatalf("no used_memory in INFO memory: %q", info)
+	}
+	idle, _ := strconv.Atoi(m[1])
+	if err := rc.ConfigSet(ctx, "maxmemory", strconv.Itoa(idle+1536*1024)).Err(); err != nil {
+		t.Fatalf("CONFIG SET maxmemory: %v", err)
+	}
 	var firstFull time.Time
 	load := c.startLoad(loadSpec{N: pick(2000, 4000), Pad: 4096, Stop: func() bool {
 		_, rejected, _ := c.ledger.counts()
@@ -180,10 +195,7 @@ func TestRedisOutOfMemory(t *testing.T) {
 			after++
 		}
 	}
-	rc := c.redisClient()
-	defer rc.Close()
-	ctx := context.Background()
-	info, _ := rc.Info(ctx, "memory").Result()
+	info, _ = rc.Info(ctx, "memory").Result()
 	used := ""
 	if m := usedMemoryRe.FindStringSubmatch(info); m != nil {
 		used = m[1]
@@ -212,8 +224,8 @@ func TestRedisOutOfMemory(t *testing.T) {
 		t.Fatalf("CONFIG SET maxmemory: %v", err)
 	}
 	ty, _ := s.settle(c, 90*time.Second)
-	s.note("full at used_memory %s B; %d 202s after the first 503, all stored; %d of %d 202 ids missing from Redis while full; then maxmemory raised to 64mb",
-		used, after, missing, accepted)
+	s.note("idle at %d B, full at used_memory %s B; %d 202s after the first 503, all stored; %d of %d 202 ids missing from Redis while full; then maxmemory raised to 64mb",
+		idle, used, after, missing, accepted)
 	if ty.dups > 0 {
 		s.note("%d duplicate(s): sent, then the sent record was refused (OOM)", ty.dups)
 	}

@@ -35,6 +35,7 @@ type Config struct {
 	MaxConnAge      time.Duration
 	SMTPTimeout     time.Duration
 	Concurrency     int
+	Fetchers        int
 	RetryBase       time.Duration
 	RetryMax        time.Duration
 	MaxAttempts     int
@@ -145,6 +146,8 @@ var settings = []Setting{
 		set: duration("SENDQ_SMTP_TIMEOUT", func(c *Config) *time.Duration { return &c.SMTPTimeout })},
 	{Env: "SENDQ_WORKER_CONCURRENCY", Flag: "worker-concurrency", Def: "", Help: "emails one worker process handles at once; default 2 x pool size",
 		set: integer("SENDQ_WORKER_CONCURRENCY", func(c *Config) *int { return &c.Concurrency }, 1)},
+	{Env: "SENDQ_WORKER_FETCHERS", Flag: "worker-fetchers", Def: "4", Help: "asynq servers one worker process runs over its pool, splitting the concurrency: each takes tasks from Redis one round trip at a time",
+		set: integer("SENDQ_WORKER_FETCHERS", func(c *Config) *int { return &c.Fetchers }, 1)},
 	{Env: "SENDQ_RETRY_BASE_DELAY", Flag: "retry-base-delay", Def: "30s", Help: "first retry delay, doubled each retry with jitter",
 		set: duration("SENDQ_RETRY_BASE_DELAY", func(c *Config) *time.Duration { return &c.RetryBase })},
 	{Env: "SENDQ_RETRY_MAX_DELAY", Flag: "retry-max-delay", Def: "1h", Help: "cap on the retry delay",
