@@ -26,7 +26,8 @@ type Config struct {
 	// Pool configures the SMTP connection pool.
 	Pool PoolConfig
 	// Concurrency is how many emails one process handles at once. If zero,
-	// twice the pool size.
+	// four times the pool size: the Redis round trips of some
+	// emails overlap the SMTP transactions of others.
 	Concurrency int
 	// Fetchers is how many asynq servers the process runs over the same
 	// pool and handler, splitting Concurrency between them. An asynq server
@@ -75,7 +76,7 @@ func (c *Config) validate() error {
 	}
 	c.Pool.setDefaults()
 	if c.Concurrency <= 0 {
-		c.Concurrency = 2 * c.Pool.Size
+		c.Concurrency = 4 * c.Pool.Size
 	}
 	if c.Fetchers <= 0 {
 		c.Fetchers = 4

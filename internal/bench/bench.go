@@ -125,7 +125,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.IntVar(&o.c, "c", 64, "concurrent HTTP clients of the intake phases")
 	fs.IntVar(&o.rounds, "rounds", 3, "repeat the whole measurement this many times, alternating sendq first and baselines first; the table shows medians")
 	fs.IntVar(&o.pool, "pool", 8, "sendq's SMTP pool size (and the raw SMTP baseline's connections)")
-	fs.IntVar(&o.concurrency, "worker-concurrency", 0, "sendq worker concurrency; 0: twice the pool")
+	fs.IntVar(&o.concurrency, "worker-concurrency", 0, "sendq worker concurrency; 0: four times the pool, as sendq")
 	fs.IntVar(&o.fetchers, "worker-fetchers", 0, "asynq servers of each sendq worker; 0: sendq's default")
 	fs.IntVar(&o.workers, "workers", 1, "sendq workers delivering together (in this process, each with its own pool)")
 	fs.IntVar(&o.naiveConcurrency, "naive-concurrency", 32, "concurrency of the naive worker baseline")
@@ -178,7 +178,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		}
 	}
 	if o.concurrency == 0 {
-		o.concurrency = 2 * o.pool
+		o.concurrency = 4 * o.pool
 	}
 	if len(errs) > 0 {
 		return nil, errors.New(strings.Join(errs, "; "))

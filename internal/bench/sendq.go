@@ -99,14 +99,14 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 }
 
 // newWorker returns sendq's worker delivering to the sink at relayAddr with
-// the given pool size and concurrency (0: twice the pool).
+// the given pool size and concurrency (0: four times the pool).
 func (p *sendqProc) newWorker(relayAddr string, pool, concurrency, fetchers int) (*worker.Worker, error) {
 	relay, err := worker.ParseRelay("smtp://" + relayAddr + "?tls=none")
 	if err != nil {
 		return nil, err
 	}
 	if concurrency <= 0 {
-		concurrency = 2 * pool
+		concurrency = 4 * pool
 	}
 	c := p.cfg
 	if fetchers <= 0 {

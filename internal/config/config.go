@@ -144,7 +144,7 @@ var settings = []Setting{
 		set: duration("SENDQ_SMTP_MAX_CONN_AGE", func(c *Config) *time.Duration { return &c.MaxConnAge })},
 	{Env: "SENDQ_SMTP_TIMEOUT", Flag: "smtp-timeout", Def: "20s", Help: "bound on one SMTP dial or transaction; must be below the shutdown timeout",
 		set: duration("SENDQ_SMTP_TIMEOUT", func(c *Config) *time.Duration { return &c.SMTPTimeout })},
-	{Env: "SENDQ_WORKER_CONCURRENCY", Flag: "worker-concurrency", Def: "", Help: "emails one worker process handles at once; default 2 x pool size",
+	{Env: "SENDQ_WORKER_CONCURRENCY", Flag: "worker-concurrency", Def: "", Help: "emails one worker process handles at once; default 4 x pool size",
 		set: integer("SENDQ_WORKER_CONCURRENCY", func(c *Config) *int { return &c.Concurrency }, 1)},
 	{Env: "SENDQ_WORKER_FETCHERS", Flag: "worker-fetchers", Def: "4", Help: "asynq servers one worker process runs over its pool, splitting the concurrency: each takes tasks from Redis one round trip at a time",
 		set: integer("SENDQ_WORKER_FETCHERS", func(c *Config) *int { return &c.Fetchers }, 1)},
