@@ -227,7 +227,7 @@ func Load(name string, args []string, getenv func(string) string, out io.Writer)
 		}
 	}
 	if c.Concurrency == 0 {
-		c.Concurrency = 2 * c.PoolSize
+		c.Concurrency = 4 * c.PoolSize
 	}
 	if c.RetryMax < c.RetryBase {
 		errs = append(errs, fmt.Errorf("SENDQ_RETRY_MAX_DELAY (%s) is below SENDQ_RETRY_BASE_DELAY (%s)", c.RetryMax, c.RetryBase))

@@ -14,7 +14,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HTTPAddr != ":8080" || c.PoolSize != 10 || c.Concurrency != 20 || c.MaxAttempts != 20 ||
+	if c.HTTPAddr != ":8080" || c.PoolSize != 10 || c.Concurrency != 40 || c.Fetchers != 4 || !c.AutoPipeline || c.MaxAttempts != 20 ||
 		c.RetryBase != 30*time.Second || c.RetryMax != time.Hour || c.MaxAge != 72*time.Hour ||
 		c.ShutdownTimeout != 25*time.Second || c.MaxMessageBytes != 26214400 || c.MaxRecipients != 100 ||
 		c.IdleTimeout != 30*time.Second || c.MaxConnAge != 5*time.Minute || c.Retention != 24*time.Hour {
@@ -31,8 +31,8 @@ func TestEnvAndFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.PoolSize != 4 || c.Concurrency != 8 {
-		t.Errorf("pool %d concurrency %d; want 4 and 2x4 from the env", c.PoolSize, c.Concurrency)
+	if c.PoolSize != 4 || c.Concurrency != 16 {
+		t.Errorf("pool %d concurrency %d; want 4 and 4x4 from the env", c.PoolSize, c.Concurrency)
 	}
 	if c.HTTPAddr != "127.0.0.1:9999" {
 		t.Errorf("HTTPAddr = %q; the flag must win over the env", c.HTTPAddr)
