@@ -178,7 +178,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	m := metrics.New(reg, reg)
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	reg.MustRegister(metrics.NewQueueCollector(insp, queue.Name))
-	store := queue.NewStore(rdb, cfg.MaxAge+cfg.Retention+24*time.Hour)
+	store := queue.NewStore(rdb, cfg.RecordTTL())
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -217,8 +217,8 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		}
 		// The enqueues of concurrent requests share pipelines: one write
 		// and one read for a batch instead of for every request, which
-		// cuts Redis's CPU per email by about a third (README:
-		// Performance). Each request still waits for its own reply.
+		// halves Redis's CPU per request (README: Performance). Each
+		// request still waits for its own reply, within its deadline.
 		var enq redis.UniversalClient = rdb
 		if cfg.AutoPipeline {
 			ap, err := rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
@@ -287,7 +287,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 				return fmt.Errorf("redis autopipeline: %w", err)
 			}
 			defer ap.Close() // after the worker's Shutdown, below
-			wstore = queue.NewStore(ap, cfg.MaxAge+cfg.Retention+24*time.Hour)
+			wstore = queue.NewStore(ap, cfg.RecordTTL())
 		}
 		w, err = worker.New(rdb, worker.Config{
 			Relay: relay,

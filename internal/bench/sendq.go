@@ -55,7 +55,7 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 	p := &sendqProc{cfg: cfg, rdb: rdb, log: log, served: make(chan error, 1)}
 	reg := prometheus.NewRegistry()
 	p.m = metrics.New(reg, reg)
-	p.store = queue.NewStore(rdb, cfg.MaxAge+cfg.Retention+24*time.Hour)
+	p.store = queue.NewStore(rdb, cfg.RecordTTL())
 	keys, err := producer.ParseAPIKeys(cfg.APIKeys)
 	if err != nil {
 		_ = rdb.Close()
@@ -121,7 +121,7 @@ func (p *sendqProc) newWorker(relayAddr string, pool, concurrency, fetchers int)
 			return nil, fmt.Errorf("redis autopipeline: %w", err)
 		}
 		p.aps = append(p.aps, aap)
-		store = queue.NewStore(aap, c.MaxAge+c.Retention+24*time.Hour)
+		store = queue.NewStore(aap, c.RecordTTL())
 	}
 	return worker.New(p.rdb, worker.Config{
 		Relay: relay,

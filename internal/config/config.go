@@ -237,3 +237,8 @@ func Load(name string, args []string, getenv func(string) string, out io.Writer)
 	}
 	return c, errors.Join(errs...)
 }
+
+// RecordTTL is how long a delivery record outlives its last write: longer
+// than an email may be retried (MaxAge) plus how long a finished one stays
+// visible (Retention), with a day to spare.
+func (c *Config) RecordTTL() time.Duration { return c.MaxAge + c.Retention + 24*time.Hour }
