@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -370,39 +371,33 @@ func (c *Conn) Send(ctx context.Context, timeout time.Duration, env Envelope, ms
 // message (after a 354) and its reply. The outcomes are judged exactly as
 // Send judges the replies one by one.
 func (c *Conn) sendPipelined(env Envelope, msg io.WriterTo, res *TxResult) *TxResult {
-	for _, a := range append([]string{env.From}, env.To...) {
-		if strings.ContainsAny(a, "\r\n") {
-			// The intake refuses these; never let one split a command.
-			return res.failAll(env.To, errors.New("send MAIL FROM: an address contains CR or LF"), false)
-		}
+	if strings.ContainsAny(env.From, "\r\n") || slices.ContainsFunc(env.To, func(a string) bool { return strings.ContainsAny(a, "\r\n") }) {
+		// The intake refuses these; never let one split a command.
+		return res.failAll(env.To, errors.New("send MAIL FROM: an address contains CR or LF"), false)
 	}
 	dsn := env.DSN && c.dsn
-	var b strings.Builder
-	b.WriteString("MAIL FROM:<" + env.From + ">")
+	text := c.c.Text
+	cw := text.W // buffered: one write at the Flush
+	cw.WriteString("MAIL FROM:<" + env.From + ">")
 	if c.eightBit {
-		b.WriteString(" BODY=8BITMIME")
+		cw.WriteString(" BODY=8BITMIME")
 	}
 	if c.utf8 {
-		b.WriteString(" SMTPUTF8")
+		cw.WriteString(" SMTPUTF8")
 	}
 	if dsn {
-		b.WriteString(" RET=HDRS")
+		cw.WriteString(" RET=HDRS")
 	}
-	b.WriteString("\r\n")
+	cw.WriteString("\r\n")
 	for _, rcpt := range env.To {
-		b.WriteString("RCPT TO:<" + rcpt + ">")
+		cw.WriteString("RCPT TO:<" + rcpt + ">")
 		if dsn {
-			b.WriteString(" NOTIFY=SUCCESS,FAILURE,DELAY")
+			cw.WriteString(" NOTIFY=SUCCESS,FAILURE,DELAY")
 		}
-		b.WriteString("\r\n")
+		cw.WriteString("\r\n")
 	}
-	b.WriteString("DATA\r\n")
-	text := c.c.Text
-	if _, err := text.W.WriteString(b.String()); err != nil {
-		res.BeforeRcpt = true
-		return res.failAll(env.To, fmt.Errorf("send MAIL FROM: %w", err), true)
-	}
-	if err := text.W.Flush(); err != nil {
+	cw.WriteString("DATA\r\n")
+	if err := cw.Flush(); err != nil { // a bufio.Writer keeps the first write error
 		res.BeforeRcpt = true
 		return res.failAll(env.To, fmt.Errorf("send MAIL FROM: %w", err), true)
 	}
