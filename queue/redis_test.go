@@ -64,12 +64,17 @@ func TestScriptsPipelinedRepliesToEachCaller(t *testing.T) {
 func TestScriptsPipelinedEndsWithTheContext(t *testing.T) {
 	rs := redistest.Start(t)
 	c := scriptsPipelined(t, rs, &redis.Options{ReadTimeout: 20 * time.Second, MaxRetries: 1})
+	checkDropsGivenUp(t, c, "runs", func() func() { return rs.Pause(t) })
+}
+
+func checkDropsGivenUp(t *testing.T, c redis.UniversalClient, key string, pause func() (resume func())) {
+	t.Helper()
 	incr := redis.NewScript(`return redis.call("INCR", KEYS[1])`)
-	keys := []string{"runs"}
+	keys := []string{key}
 	if err := incr.Run(context.Background(), c, keys).Err(); err != nil { // loads the script
 		t.Fatal(err)
 	}
-	resume := rs.Pause(t)
+	resume := pause()
 	run := func() <-chan error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		done := make(chan error, 1)
@@ -96,4 +101,61 @@ func TestScriptsPipelinedEndsWithTheContext(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Errorf("run after Redis came back = %d, %v; want 3 (the queued call must not have run)", n, err)
 	}
+}
+
+// On Redis Cluster the pipeliner routes each script by its key's slot; every
+// caller still gets its own reply.
+func TestScriptsPipelinedOnCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	rdb, err := queue.NewRedisClient(cl.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap, err := rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ap.Close(); _ = rdb.Close() })
+	c := queue.ScriptsPipelined(rdb, ap)
+	echo := redis.NewScript(`redis.call("INCR", KEYS[1]) return ARGV[1]`)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 100 {
+		wg.Go(func() {
+			key := "calls:{" + strconv.Itoa(i%10) + "}" // ten slots over three masters
+			got, err := echo.Run(ctx, c, []string{key}, i).Text()
+			if err == nil && got != strconv.Itoa(i) {
+				err = errors.New("caller " + strconv.Itoa(i) + " got " + got)
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	total := 0
+	for k := range 10 {
+		n, err := rdb.Get(ctx, "calls:{"+strconv.Itoa(k)+"}").Int()
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += n
+	}
+	if total != 100 {
+		t.Errorf("the script ran %d times; want 100", total)
+	}
+
+	// A call that gave up while waiting behind a stalled batch is dropped
+	// on a cluster node too.
+	key := "given-up:{x}"
+	master, err := rdb.(*redis.ClusterClient).MasterForKey(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkDropsGivenUp(t, c, key, func() func() { return cl.Pause(t, master.Options().Addr) })
 }

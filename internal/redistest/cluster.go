@@ -155,3 +155,16 @@ func StartSentinel(t testing.TB) *Sentinel {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Pause freezes the master at addr (SIGSTOP) until the returned function,
+// also run when t ends, lets it go on.
+func (c *Cluster) Pause(t testing.TB, addr string) (resume func()) {
+	t.Helper()
+	for _, s := range c.servers {
+		if s.Addr == addr {
+			return s.Pause(t)
+		}
+	}
+	t.Fatalf("no cluster master at %s", addr)
+	return nil
+}
