@@ -116,11 +116,11 @@ func redactURLError(err error) error {
 }
 
 // ScriptsPipelined returns rdb with one change: its EvalSha, the command
-// asynq runs its Lua scripts with (the enqueue among them), goes through ap,
-// the deferred face of an automatic pipeliner on rdb (rdb.AsyncAutoPipeline).
-// The scripts of concurrent callers then share pipelines: one write and one
-// read per batch instead of per call, which is what Redis spends most of an
-// enqueue on. Every other command runs on rdb as before.
+// asynq runs its Lua scripts with (the enqueue among them), goes through
+// ap, a pipeliner NewPipeliner returned on rdb. The scripts of concurrent
+// callers then share pipelines: one write and one read per batch instead of
+// per call, which is what Redis spends most of an enqueue on. Every other
+// command runs on rdb as before.
 //
 // Unlike the pipeliner's own blocking face, a call ends when its context
 // does: a frozen Redis costs the caller its deadline, not the read timeout
@@ -204,13 +204,18 @@ func (h dropExpired) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	}
 }
 
-// PipelineOptions are the settings of sendq's automatic pipeliners:
-// go-redis's defaults (one ordered stream, one batch in flight, up to 200
-// commands a batch: callers that arrive while a batch is out form the next)
-// and a bound on waiting commands. When Redis stalls, the command past the
-// bound fails at once (the intake answers 503) instead of growing memory.
-func PipelineOptions() *redis.AutoPipelineOptions {
+// NewPipeliner returns the deferred face of an automatic pipeliner on rdb,
+// with go-redis's defaults (one ordered stream, one batch in flight, up to
+// 200 commands a batch: callers that arrive while a batch is out form the
+// next) and a bound on waiting commands: when Redis stalls, the command
+// past the bound fails at once (the intake answers 503) instead of growing
+// memory. Close it before rdb.
+func NewPipeliner(rdb redis.UniversalClient) (*redis.AutoPipeliner, error) {
 	o := redis.DefaultAutoPipelineOptions()
 	o.MaxQueuedCommands = 10000
-	return o
+	ap, err := rdb.AsyncAutoPipelineWithOptions(o)
+	if err != nil {
+		return nil, fmt.Errorf("redis autopipeline: %w", err)
+	}
+	return ap, nil
 }

@@ -18,7 +18,7 @@ func scriptsPipelined(t *testing.T, rs *redistest.Server, opt *redis.Options) re
 	t.Helper()
 	opt.Addr = rs.Addr
 	rdb := redis.NewClient(opt)
-	ap, err := rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
+	ap, err := queue.NewPipeliner(rdb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,19 +26,18 @@ func scriptsPipelined(t *testing.T, rs *redistest.Server, opt *redis.Options) re
 	return queue.ScriptsPipelined(rdb, ap)
 }
 
-// Concurrent callers share batches, and each gets its own reply: the
-// script echoes the caller's argument. The first call of a script Redis
-// has not seen comes back NOSCRIPT and go-redis falls back to EVAL.
-func TestScriptsPipelinedRepliesToEachCaller(t *testing.T) {
-	rs := redistest.Start(t)
-	c := scriptsPipelined(t, rs, &redis.Options{})
-	echo := redis.NewScript(`redis.call("INCR", KEYS[1]) return ARGV[1]`)
-	ctx := context.Background()
+// echo counts its runs in KEYS[1] and returns ARGV[1].
+var echo = redis.NewScript(`redis.call("INCR", KEYS[1]) return ARGV[1]`)
+
+// echoConcurrently runs echo from n goroutines at once, caller i on key
+// keyOf(i) with argument i, and checks that each caller got its own i back.
+func echoConcurrently(t *testing.T, c redis.UniversalClient, n int, keyOf func(i int) string) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, 200)
-	for i := range 200 {
+	errs := make(chan error, n)
+	for i := range n {
 		wg.Go(func() {
-			got, err := echo.Run(ctx, c, []string{"calls"}, i).Text()
+			got, err := echo.Run(context.Background(), c, []string{keyOf(i)}, i).Text()
 			if err == nil && got != strconv.Itoa(i) {
 				err = errors.New("caller " + strconv.Itoa(i) + " got " + got)
 			}
@@ -52,6 +51,16 @@ func TestScriptsPipelinedRepliesToEachCaller(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// Concurrent callers share batches, and each gets its own reply: the
+// script echoes the caller's argument. The first call of a script Redis
+// has not seen comes back NOSCRIPT and go-redis falls back to EVAL.
+func TestScriptsPipelinedRepliesToEachCaller(t *testing.T) {
+	rs := redistest.Start(t)
+	c := scriptsPipelined(t, rs, &redis.Options{})
+	ctx := context.Background()
+	echoConcurrently(t, c, 200, func(int) string { return "calls" })
 	if n, err := c.Get(ctx, "calls").Int(); err != nil || n != 200 {
 		t.Errorf("the script ran %d times (%v); want 200", n, err)
 	}
@@ -111,33 +120,15 @@ func TestScriptsPipelinedOnCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ap, err := rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
+	ap, err := queue.NewPipeliner(rdb)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ap.Close(); _ = rdb.Close() })
 	c := queue.ScriptsPipelined(rdb, ap)
-	echo := redis.NewScript(`redis.call("INCR", KEYS[1]) return ARGV[1]`)
 	ctx := context.Background()
-	var wg sync.WaitGroup
-	errs := make(chan error, 100)
-	for i := range 100 {
-		wg.Go(func() {
-			key := "calls:{" + strconv.Itoa(i%10) + "}" // ten slots over three masters
-			got, err := echo.Run(ctx, c, []string{key}, i).Text()
-			if err == nil && got != strconv.Itoa(i) {
-				err = errors.New("caller " + strconv.Itoa(i) + " got " + got)
-			}
-			if err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	// Ten slots over three masters.
+	echoConcurrently(t, c, 100, func(i int) string { return "calls:{" + strconv.Itoa(i%10) + "}" })
 	total := 0
 	for k := range 10 {
 		n, err := rdb.Get(ctx, "calls:{"+strconv.Itoa(k)+"}").Int()

@@ -75,7 +75,7 @@ const DefaultRecordTTL = 7 * 24 * time.Hour
 
 // NewStore returns a Store on rdb whose records expire ttl after their last
 // write (DefaultRecordTTL if ttl is zero). rdb may be the deferred face of
-// an automatic pipeliner (rdb.AsyncAutoPipeline()): the records of
+// an automatic pipeliner (NewPipeliner): the records of
 // concurrent deliveries are then read and written in shared batches.
 func NewStore(rdb redis.UniversalClient, ttl time.Duration) *Store {
 	if ttl <= 0 {

@@ -221,9 +221,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		// request still waits for its own reply, within its deadline.
 		var enq redis.UniversalClient = rdb
 		if cfg.AutoPipeline {
-			ap, err := rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
+			ap, err := queue.NewPipeliner(rdb)
 			if err != nil {
-				return fmt.Errorf("redis autopipeline: %w", err)
+				return err
 			}
 			defer ap.Close() // before rdb's Close, deferred earlier
 			enq = queue.ScriptsPipelined(rdb, ap)
@@ -282,9 +282,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		// The delivery records of concurrent sends share pipelines too.
 		wstore := store
 		if cfg.AutoPipeline {
-			ap, err := rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
+			ap, err := queue.NewPipeliner(rdb)
 			if err != nil {
-				return fmt.Errorf("redis autopipeline: %w", err)
+				return err
 			}
 			defer ap.Close() // after the worker's Shutdown, below
 			wstore = queue.NewStore(ap, cfg.RecordTTL())

@@ -64,9 +64,9 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 	// As `sendq serve` does: concurrent enqueues share pipelines.
 	var enq redis.UniversalClient = rdb
 	if cfg.AutoPipeline {
-		if p.ap, err = rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions()); err != nil {
+		if p.ap, err = queue.NewPipeliner(rdb); err != nil {
 			_ = rdb.Close()
-			return nil, fmt.Errorf("redis autopipeline: %w", err)
+			return nil, err
 		}
 		enq = queue.ScriptsPipelined(rdb, p.ap)
 	}
@@ -116,9 +116,9 @@ func (p *sendqProc) newWorker(relayAddr string, pool, concurrency, fetchers int)
 	// read and written in shared batches.
 	store := p.store
 	if c.AutoPipeline {
-		aap, err := p.rdb.AsyncAutoPipelineWithOptions(queue.PipelineOptions())
+		aap, err := queue.NewPipeliner(p.rdb)
 		if err != nil {
-			return nil, fmt.Errorf("redis autopipeline: %w", err)
+			return nil, err
 		}
 		p.aps = append(p.aps, aap)
 		store = queue.NewStore(aap, c.RecordTTL())
