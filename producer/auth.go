@@ -13,13 +13,37 @@ import (
 type APIKey struct {
 	digest [32]byte
 	// ID names the key in idempotency records without revealing it.
-	ID          string
+	ID string
+	// Tenant groups keys that see each other's emails; empty: the key is
+	// on its own.
+	Tenant      string
 	AllowedFrom []string
+	// admin: the key sees and changes every email (SENDQ_ADMIN_KEYS).
+	admin bool
 }
 
+// Owner is what the emails this key sends record as their owner
+// (queue.Email.Owner): "tenant:" and the tenant's name when the key has
+// one, else "key:" and the key's id. Never the key itself.
+func (k *APIKey) Owner() string {
+	if k.Tenant != "" {
+		return "tenant:" + k.Tenant
+	}
+	return "key:" + k.ID
+}
+
+// maxKeyTenant bounds a tenant's name.
+const maxKeyTenant = 64
+
 // ParseAPIKeys parses SENDQ_API_KEYS: keys separated by ',', each
-// optionally followed by ':' and a '|'-separated From allow-list
-// ("key1:@a.com|ops@b.com,key2").
+// optionally preceded by a tenant name and '=' and followed by ':' and a
+// '|'-separated From allow-list ("acme=key1:@a.com|ops@b.com,key2").
+//
+// Keys of one tenant see and change each other's emails (an old and a new
+// key while one is rotated); a key without a tenant sees only its own.
+// The text before the first '=' is a tenant only when it is a name (1 to
+// 64 letters, digits, '.', '_' or '-') and what follows is a key of at
+// least 8 characters, so a base64 key's '=' padding stays part of the key.
 func ParseAPIKeys(s string) ([]APIKey, error) {
 	var keys []APIKey
 	for _, item := range strings.Split(s, ",") {
@@ -28,10 +52,14 @@ func ParseAPIKeys(s string) ([]APIKey, error) {
 			continue
 		}
 		secret, allow, _ := strings.Cut(item, ":")
+		var tenant string
+		if name, rest, ok := strings.Cut(secret, "="); ok && validTenant(name) && len(rest) >= 8 {
+			tenant, secret = name, rest
+		}
 		if len(secret) < 8 {
 			return nil, fmt.Errorf("API key %d is shorter than 8 characters", len(keys)+1)
 		}
-		k := APIKey{digest: sha256.Sum256([]byte(secret))}
+		k := APIKey{digest: sha256.Sum256([]byte(secret)), Tenant: tenant}
 		k.ID = hex.EncodeToString(k.digest[:8])
 		if allow != "" {
 			list, err := ParseAllowList(strings.ReplaceAll(allow, "|", ","))
@@ -43,6 +71,18 @@ func ParseAPIKeys(s string) ([]APIKey, error) {
 		keys = append(keys, k)
 	}
 	return keys, nil
+}
+
+func validTenant(name string) bool {
+	if name == "" || len(name) > maxKeyTenant {
+		return false
+	}
+	for _, c := range name {
+		if !(c == '-' || c == '_' || c == '.' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // ParseAllowList parses a comma-separated list of addresses (a@x.com) and

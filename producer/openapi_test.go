@@ -146,7 +146,7 @@ func TestOpenAPICheckAcceptsRealExchanges(t *testing.T) {
 			"ishtml":"False","importance":"low","deliveryreceipt":"true","sendat":"",
 			"attachments":[{"contentdata":"hi","contenttransferencoding":"NONE","filename":"a.txt","contentid":"<a@x>"}]}`,
 			http.StatusAccepted},
-		{"scheduled", "application/json", `{"From":"s@example.com","To":"a@example.com","SendAt":"2099-01-02T15:04:05+01:00"}`, http.StatusAccepted},
+		{"scheduled", "application/json", `{"From":"s@example.com","To":"a@example.com","SendAt":"` + time.Now().Add(24*time.Hour).In(time.FixedZone("", 3600)).Format(time.RFC3339) + `"}`, http.StatusAccepted},
 		{"unknown field", "application/json", `{"From":"s@example.com","To":"a@example.com","Priority":"High"}`, http.StatusBadRequest},
 		{"bad address", "application/json", `{"From":"s@example.com","To":"bob@"}`, http.StatusBadRequest},
 		{"not json", "text/plain", openAPISeed, http.StatusUnsupportedMediaType},

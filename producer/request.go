@@ -47,6 +47,14 @@ type Limits struct {
 	MaxRecipients int
 	// DefaultFrom is used when the request has no From.
 	DefaultFrom string
+	// MaxAttachments per email. If zero, 100 (DefaultMaxAttachments).
+	MaxAttachments int
+	// MaxSchedule is how far ahead SendAt may be. If zero, 30 days
+	// (DefaultMaxSchedule).
+	MaxSchedule time.Duration
+	// MaxAge is the delivery window after SendAt (the worker's MaxAge): a
+	// SendAt further back is refused. If zero, 72h (DefaultMaxAge).
+	MaxAge time.Duration
 }
 
 // DecodeRequest parses and validates a Send Email body (the union of the
@@ -190,6 +198,9 @@ func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 			}
 			e.Attachments = append(e.Attachments, a)
 		}
+	}
+	if err := validate(e, lim); err != nil {
+		return nil, err
 	}
 	return e, nil
 }

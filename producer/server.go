@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -30,8 +31,13 @@ type Enqueuer interface {
 
 // Config configures the intake. Zero values take the documented defaults.
 type Config struct {
-	// Keys are the accepted API keys. If empty, requests need no key.
+	// Keys are the accepted API keys. If empty, requests need no key and
+	// every caller sees every email. Each key sees and changes only the
+	// emails it sent, or its tenant's (APIKey.Tenant); another's is 404.
 	Keys []APIKey
+	// AdminKeys (SENDQ_ADMIN_KEYS) are accepted beside Keys and see and
+	// change every email. Used only when Keys is not empty.
+	AdminKeys []APIKey
 	// AllowedFrom lists addresses (a@x.com) and domains (@x.com) that may
 	// be used as From, for every key. If empty, any.
 	AllowedFrom []string
@@ -61,6 +67,7 @@ type Config struct {
 // API is the HTTP intake and status service.
 type API struct {
 	cfg   Config
+	keys  []APIKey // Keys, then AdminKeys marked admin
 	enq   Enqueuer
 	insp  *asynq.Inspector
 	look  *queue.Lookup
@@ -96,8 +103,16 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	var keys []APIKey
+	if len(cfg.Keys) > 0 {
+		keys = append(keys, cfg.Keys...)
+		for _, k := range cfg.AdminKeys {
+			k.admin = true // last, so that a key in both lists is an admin
+			keys = append(keys, k)
+		}
+	}
 	return &API{
-		cfg: cfg, enq: enq, insp: insp, store: store,
+		cfg: cfg, keys: keys, enq: enq, insp: insp, store: store,
 		look:  &queue.Lookup{Inspector: insp, Store: store},
 		admin: &queue.Admin{Inspector: insp, Store: store},
 		rate:  redis_rate.NewLimiter(rdb),
@@ -118,11 +133,11 @@ type keyCtx struct{}
 
 func (a *API) authorized(h func(http.ResponseWriter, *http.Request, *APIKey)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if len(a.cfg.Keys) == 0 {
-			h(w, r, &APIKey{ID: "anonymous"})
+		if len(a.keys) == 0 {
+			h(w, r, &APIKey{ID: "anonymous", admin: true})
 			return
 		}
-		k, ok := authenticate(a.cfg.Keys, r)
+		k, ok := authenticate(a.keys, r)
 		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sendq"`)
 			WriteError(w, http.StatusUnauthorized, "unauthorized", "Authorization", "missing or unknown API key (send Authorization: Bearer KEY)")
@@ -130,6 +145,24 @@ func (a *API) authorized(h func(http.ResponseWriter, *http.Request, *APIKey)) ht
 		}
 		h(w, r, k)
 	})
+}
+
+// owner is what an email sent with k records as its owner: none when the
+// intake has no keys.
+func (a *API) owner(k *APIKey) string {
+	if len(a.keys) == 0 {
+		return ""
+	}
+	return k.Owner()
+}
+
+// scope is the owner whose emails k may see and change: "" (every email)
+// for an admin key, or when the intake has no keys.
+func (a *API) scope(k *APIKey) string {
+	if k.admin {
+		return ""
+	}
+	return k.Owner()
 }
 
 // Accepted is the body of a 202.
@@ -143,17 +176,31 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		WriteError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type", "Content-Type must be application/json")
 		return
 	}
+	// A body declared too large is refused before a byte of it is read:
+	// a client that sent Expect: 100-continue then gets the 413 instead of
+	// 100 Continue (net/http sends that on the first read of the body).
+	if r.ContentLength > a.cfg.MaxBodyBytes {
+		a.tooLarge(w)
+		return
+	}
 	body, err := readBody(http.MaxBytesReader(w, r.Body, a.cfg.MaxBodyBytes), r.ContentLength)
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			WriteError(w, http.StatusRequestEntityTooLarge, "body_too_large", "", fmt.Sprintf("body is larger than %d bytes", a.cfg.MaxBodyBytes))
-			return
+		var ne net.Error
+		switch {
+		case errors.As(err, &mbe):
+			a.tooLarge(w)
+		case errors.As(err, &ne) && ne.Timeout():
+			a.readTimedOut(w)
+		default:
+			WriteError(w, http.StatusBadRequest, "invalid_body", "", "could not read the body")
 		}
-		WriteError(w, http.StatusBadRequest, "invalid_body", "", "could not read the body")
 		return
 	}
 	e, err := DecodeRequest(body, a.cfg.Limits)
+	if err == nil {
+		err = checkSendAt(e.SendAt, a.now(), a.cfg.Limits)
+	}
 	if err != nil {
 		var fe *FieldError
 		if errors.As(err, &fe) {
@@ -163,7 +210,10 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		WriteError(w, http.StatusBadRequest, "invalid_body", "", err.Error())
 		return
 	}
-	for _, f := range []struct{ field, addr string }{{"From", e.From.Address}, {"DeliveryReceipt", e.ReturnPath}} {
+	// Every address that mail or reports about it go to on the sender's
+	// behalf is held to the allow-lists: the envelope sender (where DSNs
+	// go) and the read-receipt address (where MDNs go).
+	for _, f := range []struct{ field, addr string }{{"From", e.From.Address}, {"DeliveryReceipt", e.ReturnPath}, {"ReadReceipt", e.ReadReceipt}} {
 		if f.addr == "" {
 			continue
 		}
@@ -192,6 +242,7 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		e.ID = uuid.Must(uuid.NewV7()).String()
 	}
 	e.CreatedAt = a.now().UTC()
+	e.Owner = a.owner(key)
 
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
@@ -261,6 +312,20 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	// From here on the email is in Redis: it is accepted.
 	a.m.EmailsAccepted.Inc()
 	a.accepted(w, e.ID, initialStatus(e))
+}
+
+func (a *API) tooLarge(w http.ResponseWriter) {
+	WriteError(w, http.StatusRequestEntityTooLarge, "body_too_large", "", fmt.Sprintf("body is larger than %d bytes", a.cfg.MaxBodyBytes))
+}
+
+// readTimedOut answers a body that did not arrive within the server's read
+// timeout. The write deadline, set when the headers were read, may be
+// about to pass too: it is moved a few seconds on so that the client
+// learns why, and the connection is closed after the answer.
+func (a *API) readTimedOut(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(5 * time.Second))
+	w.Header().Set("Connection", "close")
+	WriteError(w, http.StatusRequestTimeout, "request_timeout", "", "the body did not arrive within the server's read timeout")
 }
 
 // initialStatus is the status the 202 reports: queued, or scheduled for a
@@ -345,7 +410,7 @@ func validID(id string) bool {
 	return true
 }
 
-func (a *API) status(w http.ResponseWriter, r *http.Request, _ *APIKey) {
+func (a *API) status(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	id := r.PathValue("id")
 	if !validID(id) {
 		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
@@ -353,7 +418,7 @@ func (a *API) status(w http.ResponseWriter, r *http.Request, _ *APIKey) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
-	st, err := a.look.Status(ctx, id)
+	st, err := a.look.StatusFor(ctx, id, a.scope(key))
 	switch {
 	case errors.Is(err, queue.ErrNotFound):
 		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
@@ -371,9 +436,23 @@ type List struct {
 	Page     int                  `json:"page"`
 	PageSize int                  `json:"page_size"`
 	Total    int                  `json:"total"`
+	// Truncated: the listing for a key that sees only its own emails
+	// looked at the first OwnScanLimit emails in this state and stopped;
+	// Total counts the key's among them.
+	Truncated bool `json:"truncated,omitempty"`
 }
 
-func (a *API) list(w http.ResponseWriter, r *http.Request, _ *APIKey) {
+// OwnScanLimit bounds how many emails in one state GET /v1/emails looks at
+// for a key that sees only its own: asynq keeps every key's emails in one
+// queue, so the listing reads them in the queue's order and keeps the
+// key's. 10,000 is asynq's own cap on the archive (the failed emails).
+const OwnScanLimit = 10000
+
+// scanBatch is how many tasks one read of that scan takes: the largest
+// page_size, so a scan never holds more emails at once than a page does.
+const scanBatch = 100
+
+func (a *API) list(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	q := r.URL.Query()
 	status := q.Get("status")
 	if status == "" {
@@ -422,27 +501,85 @@ func (a *API) list(w http.ResponseWriter, r *http.Request, _ *APIKey) {
 		WriteJSON(w, http.StatusOK, out)
 		return
 	}
+	if scope := a.scope(key); scope != "" {
+		if err := a.listOwn(ctx, &out, fn, scope); err != nil {
+			a.unavailable(w, err)
+			return
+		}
+		WriteJSON(w, http.StatusOK, out)
+		return
+	}
 	infos, err := fn(queue.Name, asynq.Page(page), asynq.PageSize(size))
 	if err != nil {
 		a.unavailable(w, err)
 		return
 	}
 	for _, info := range infos {
-		rec, err := a.store.Get(ctx, info.ID)
-		if err != nil && !errors.Is(err, queue.ErrNoRecord) {
+		st, err := a.compose(ctx, info)
+		if err != nil {
 			a.unavailable(w, err)
 			return
 		}
-		if err != nil {
-			rec = nil
+		if st != nil {
+			out.Emails = append(out.Emails, st)
 		}
-		st, err := queue.Compose(info.ID, info, rec)
-		if err != nil {
-			continue // a task sendq did not write
-		}
-		out.Emails = append(out.Emails, st)
 	}
 	WriteJSON(w, http.StatusOK, out)
+}
+
+// listOwn fills out with the page of the emails of owner among the first
+// OwnScanLimit in the state fn lists; out.Total is the number of all of
+// them (the state's total when it comes in).
+func (a *API) listOwn(ctx context.Context, out *List, fn func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error), owner string) error {
+	inState := out.Total
+	skip := (out.Page - 1) * out.PageSize
+	out.Total = 0
+	examined := 0
+	for p := 1; examined < OwnScanLimit; p++ {
+		infos, err := fn(queue.Name, asynq.Page(p), asynq.PageSize(scanBatch))
+		if err != nil {
+			return err
+		}
+		examined += len(infos)
+		for _, info := range infos {
+			if o, err := queue.PayloadOwner(info.Payload); err != nil || o != owner {
+				continue
+			}
+			out.Total++
+			if out.Total <= skip || len(out.Emails) == out.PageSize {
+				continue
+			}
+			st, err := a.compose(ctx, info)
+			if err != nil {
+				return err
+			}
+			if st != nil {
+				out.Emails = append(out.Emails, st)
+			}
+		}
+		if len(infos) < scanBatch {
+			return nil // the end of the state's list
+		}
+	}
+	out.Truncated = examined < inState
+	return nil
+}
+
+// compose is the status of a listed task; nil for a task sendq did not
+// write.
+func (a *API) compose(ctx context.Context, info *asynq.TaskInfo) (*queue.EmailStatus, error) {
+	rec, err := a.store.Get(ctx, info.ID)
+	if err != nil && !errors.Is(err, queue.ErrNoRecord) {
+		return nil, err
+	}
+	if err != nil {
+		rec = nil
+	}
+	st, err := queue.Compose(info.ID, info, rec)
+	if err != nil {
+		return nil, nil // a task sendq did not write
+	}
+	return st, nil
 }
 
 func intParam(s string, def, lo, hi int) (int, error) {
@@ -456,13 +593,17 @@ func intParam(s string, def, lo, hi int) (int, error) {
 	return n, nil
 }
 
-func (a *API) retry(w http.ResponseWriter, r *http.Request, _ *APIKey) {
-	a.change(w, r, a.admin.Retry)
+func (a *API) retry(w http.ResponseWriter, r *http.Request, key *APIKey) {
+	scope := a.scope(key)
+	a.change(w, r, scope, func(ctx context.Context, id string) error {
+		return a.admin.RetryFor(ctx, id, scope)
+	})
 }
 
-func (a *API) cancel(w http.ResponseWriter, r *http.Request, _ *APIKey) {
-	a.change(w, r, func(ctx context.Context, id string) error {
-		if err := a.admin.Cancel(ctx, id); err != nil {
+func (a *API) cancel(w http.ResponseWriter, r *http.Request, key *APIKey) {
+	scope := a.scope(key)
+	a.change(w, r, scope, func(ctx context.Context, id string) error {
+		if err := a.admin.CancelFor(ctx, id, scope); err != nil {
 			return err
 		}
 		a.m.EmailsFailed.WithLabelValues(queue.ReasonCanceled).Inc()
@@ -470,8 +611,9 @@ func (a *API) cancel(w http.ResponseWriter, r *http.Request, _ *APIKey) {
 	})
 }
 
-// change runs a retry or a cancel and answers with the new status.
-func (a *API) change(w http.ResponseWriter, r *http.Request, op func(context.Context, string) error) {
+// change runs a retry or a cancel of an email of scope (Owns) and answers
+// with the new status.
+func (a *API) change(w http.ResponseWriter, r *http.Request, scope string, op func(context.Context, string) error) {
 	id := r.PathValue("id")
 	if !validID(id) {
 		WriteError(w, http.StatusNotFound, "not_found", "id", "no email with this id")
@@ -491,12 +633,12 @@ func (a *API) change(w http.ResponseWriter, r *http.Request, op func(context.Con
 	case err != nil:
 		a.unavailable(w, err)
 	default:
-		a.writeStatus(ctx, w, id)
+		a.writeStatus(ctx, w, id, scope)
 	}
 }
 
-func (a *API) writeStatus(ctx context.Context, w http.ResponseWriter, id string) {
-	st, err := a.look.Status(ctx, id)
+func (a *API) writeStatus(ctx context.Context, w http.ResponseWriter, id, scope string) {
+	st, err := a.look.StatusFor(ctx, id, scope)
 	if err != nil {
 		a.unavailable(w, err)
 		return

@@ -33,7 +33,9 @@ type Admin struct {
 	Store     *Store
 }
 
-func (a *Admin) info(id string) (*asynq.TaskInfo, error) {
+// info returns the task of email id if owner may change it (Owns), else
+// ErrNotFound.
+func (a *Admin) info(id, owner string) (*asynq.TaskInfo, error) {
 	info, err := a.Inspector.GetTaskInfo(Name, id)
 	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 		return nil, ErrNotFound
@@ -41,13 +43,25 @@ func (a *Admin) info(id string) (*asynq.TaskInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("get task: %w", err)
 	}
+	if owner != "" {
+		e, err := DecodeEmail(info.Payload)
+		if err != nil || !Owns(owner, e.Owner) {
+			return nil, ErrNotFound
+		}
+	}
 	return info, nil
 }
 
 // Retry puts a failed or canceled email back in the queue for one more
 // attempt: recipients already sent are skipped, failed ones are tried again.
 func (a *Admin) Retry(ctx context.Context, id string) error {
-	info, err := a.info(id)
+	return a.RetryFor(ctx, id, "")
+}
+
+// RetryFor is Retry for one owner: another owner's email is ErrNotFound.
+// An empty owner is every owner.
+func (a *Admin) RetryFor(ctx context.Context, id, owner string) error {
+	info, err := a.info(id, owner)
 	if err != nil {
 		return err
 	}
@@ -67,7 +81,13 @@ func (a *Admin) Retry(ctx context.Context, id string) error {
 // Cancel stops a queued, scheduled or retrying email. It stays visible as
 // canceled and can be retried.
 func (a *Admin) Cancel(ctx context.Context, id string) error {
-	info, err := a.info(id)
+	return a.CancelFor(ctx, id, "")
+}
+
+// CancelFor is Cancel for one owner: another owner's email is ErrNotFound.
+// An empty owner is every owner.
+func (a *Admin) CancelFor(ctx context.Context, id, owner string) error {
+	info, err := a.info(id, owner)
 	if err != nil {
 		return err
 	}
@@ -82,10 +102,11 @@ func (a *Admin) Cancel(ctx context.Context, id string) error {
 		return &ErrWrongState{Op: "cancel", Status: StatusSending}
 	}
 	var created time.Time
+	var emailOwner string
 	if e, err := DecodeEmail(info.Payload); err == nil {
-		created = e.CreatedAt
+		created, emailOwner = e.CreatedAt, e.Owner
 	}
-	return a.Store.Save(ctx, id, Update{State: StatusCanceled, Reason: ReasonCanceled, CreatedAt: created})
+	return a.Store.Save(ctx, id, Update{State: StatusCanceled, Reason: ReasonCanceled, CreatedAt: created, Owner: emailOwner})
 }
 
 // StateName maps an asynq task state to the email status it shows as.

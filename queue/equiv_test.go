@@ -17,7 +17,7 @@ func FuzzAppendEmail(f *testing.F) {
 		loc := time.FixedZone("z", off)
 		e := &Email{V: 1, ID: id, CreatedAt: time.Unix(sec, nsec).In(loc),
 			From: Address{Name: name, Address: addr}, Subject: subj, Body: body, IsHTML: isHTML,
-			Importance: imp, ReadReceipt: addr, DeliveryReceipt: dr, ReturnPath: name, BodyHash: subj}
+			Importance: imp, ReadReceipt: addr, DeliveryReceipt: dr, ReturnPath: name, BodyHash: subj, Owner: imp}
 		if n%3 == 1 {
 			e.SendAt = time.Unix(nsec, sec).UTC()
 		}

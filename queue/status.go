@@ -45,6 +45,8 @@ type EmailStatus struct {
 	NextAttemptAt *time.Time        `json:"next_attempt_at,omitempty"`
 	Subject       string            `json:"subject"`
 	Recipients    []RecipientStatus `json:"recipients"`
+	// Owner is the email's owner (Email.Owner); never shown.
+	Owner string `json:"-"`
 }
 
 // ErrNotFound is returned when neither asynq nor sendq knows an email.
@@ -58,6 +60,13 @@ type Lookup struct {
 
 // Status returns the status of email id, or ErrNotFound.
 func (l *Lookup) Status(ctx context.Context, id string) (*EmailStatus, error) {
+	return l.StatusFor(ctx, id, "")
+}
+
+// StatusFor is Status for one owner: the email of another owner (or of
+// none) is ErrNotFound, as if it did not exist. An empty owner is every
+// owner.
+func (l *Lookup) StatusFor(ctx context.Context, id, owner string) (*EmailStatus, error) {
 	info, err := l.Inspector.GetTaskInfo(Name, id)
 	if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
 		return nil, fmt.Errorf("get task: %w", err)
@@ -72,7 +81,14 @@ func (l *Lookup) Status(ctx context.Context, id string) (*EmailStatus, error) {
 	if info == nil && rec == nil {
 		return nil, ErrNotFound
 	}
-	return Compose(id, info, rec)
+	st, err := Compose(id, info, rec)
+	if err != nil {
+		return nil, err
+	}
+	if !Owns(owner, st.Owner) {
+		return nil, ErrNotFound
+	}
+	return st, nil
 }
 
 // Compose builds the status body from asynq's task info (nil once asynq has
@@ -81,7 +97,7 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 	if rec == nil {
 		rec = &Record{Recipients: map[string]RecipientResult{}}
 	}
-	st := &EmailStatus{ID: id, CreatedAt: rec.CreatedAt, Attempts: rec.Attempts, LastError: rec.LastError, FailureReason: rec.Reason}
+	st := &EmailStatus{ID: id, CreatedAt: rec.CreatedAt, Attempts: rec.Attempts, LastError: rec.LastError, FailureReason: rec.Reason, Owner: rec.Owner}
 	if !rec.SentAt.IsZero() {
 		t := rec.SentAt
 		st.SentAt = &t
@@ -106,7 +122,7 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 		rec = &Record{Recipients: map[string]RecipientResult{}}
 		st.Attempts, st.LastError, st.FailureReason, st.SentAt = 0, "", "", nil
 	}
-	st.CreatedAt, st.Subject = e.CreatedAt, e.Subject
+	st.CreatedAt, st.Subject, st.Owner = e.CreatedAt, e.Subject, e.Owner
 	st.MaxAttempts = info.MaxRetry + 1
 	if st.LastError == "" {
 		st.LastError = info.LastErr

@@ -56,6 +56,9 @@ type Record struct {
 	LastError  string
 	SentAt     time.Time
 	Recipients map[string]RecipientResult
+	// Owner is the email's owner (Email.Owner), so that the status of an
+	// email asynq has forgotten stays private to it.
+	Owner string
 	// Stale marks a record of an earlier email with the same id.
 	Stale bool
 }
@@ -114,6 +117,7 @@ type Update struct {
 	LastError  string
 	SentAt     time.Time
 	CreatedAt  time.Time // written only when set
+	Owner      string    // written only when set
 	Attempts   int       // written only when set
 	Recipients map[string]RecipientResult
 	// Reset drops the record before writing (it was Stale).
@@ -125,7 +129,7 @@ type Update struct {
 // is never sent to again, even if the task is delivered twice.
 func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	key := recordKey(id)
-	fields := make([]any, 0, 2*len(u.Recipients)+8)
+	fields := make([]any, 0, 2*len(u.Recipients)+14)
 	if u.State != "" {
 		fields = append(fields, "state", u.State)
 	}
@@ -137,6 +141,9 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	}
 	if !u.CreatedAt.IsZero() {
 		fields = append(fields, "created_at", u.CreatedAt.UTC().Format(time.RFC3339Nano))
+	}
+	if u.Owner != "" {
+		fields = append(fields, "owner", u.Owner)
 	}
 	if u.Attempts > 0 {
 		fields = append(fields, "attempts", u.Attempts)
@@ -216,6 +223,8 @@ func parseRecord(m map[string]string) (*Record, error) {
 			r.Reason = v
 		case k == "last_error":
 			r.LastError = v
+		case k == "owner":
+			r.Owner = v
 		case k == "created_at":
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {

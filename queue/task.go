@@ -80,6 +80,11 @@ type Email struct {
 	// BodyHash is the SHA-256 of the request body when the request carried
 	// an Idempotency-Key: a repeat with the same key must have the same body.
 	BodyHash string `json:"body_hash,omitempty"`
+
+	// Owner names who may see and change the email: the id of the API key
+	// that sent it ("key:" and the key's id, never the key) or its tenant
+	// ("tenant:" and the name). Empty when the intake had no keys.
+	Owner string `json:"owner,omitempty"`
 }
 
 // Recipients returns every envelope recipient (To, then Cc, then Bcc) once,
@@ -149,6 +154,7 @@ var (
 		Attachments             []Attachment
 		SendAt                  time.Time
 		BodyHash                string
+		Owner                   string
 	}(Email{})
 	_ = struct{ Name, Address string }(Address{})
 	_ = struct {
@@ -184,7 +190,7 @@ func encodedSize(e *Email) int {
 		addr(e.From) + list("to", e.To) + list("cc", e.Cc) + list("bcc", e.Bcc) +
 		opt("subject", e.Subject) + opt("body", e.Body) + opt("importance", e.Importance) +
 		opt("read_receipt", e.ReadReceipt) + len(`,"delivery_receipt":true`) + opt("return_path", e.ReturnPath) +
-		opt("body_hash", e.BodyHash)
+		opt("body_hash", e.BodyHash) + opt("owner", e.Owner)
 	if !e.SendAt.IsZero() {
 		n += len(`,"send_at":`) + timeLen
 	}
@@ -253,6 +259,7 @@ func appendEmail(b []byte, e *Email) (_ []byte, ok bool) {
 		}
 	}
 	b = appendOptString(b, `,"body_hash":`, e.BodyHash)
+	b = appendOptString(b, `,"owner":`, e.Owner)
 	return append(b, '}'), true
 }
 

@@ -41,8 +41,9 @@ type Config struct {
 	RetryBaseDelay time.Duration
 	// RetryMaxDelay caps the retry delay. If zero, 1h.
 	RetryMaxDelay time.Duration
-	// MaxAge: an email older than this is failed (reason expired) instead
-	// of retried. If zero, 72h.
+	// MaxAge: an email not delivered this long after its delivery window
+	// opened (queue.Email.WindowStart: its SendAt, else its acceptance) is
+	// failed (reason expired) instead of retried. If zero, 72h.
 	MaxAge time.Duration
 	// ShutdownTimeout is how long Shutdown waits for in-flight sends. If
 	// zero, 25s (below Kubernetes' 30s grace period).
@@ -279,7 +280,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	switch {
 	case len(pending) == 0:
-	case start.Sub(e.CreatedAt) > w.cfg.MaxAge:
+	case start.Sub(e.WindowStart()) > w.cfg.MaxAge:
 		failAll(queue.ReasonExpired, fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge))
 	default:
 		var buildErr error
@@ -294,7 +295,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// A deferred recipient with no attempt left, or whose next attempt
 	// would come after the maximum age, fails now.
 	var nSent, nDeferred, nFailed int
-	expiresBeforeRetry := start.Add(w.retryDelay(retried, nil, nil)).Sub(e.CreatedAt) > w.cfg.MaxAge
+	expiresBeforeRetry := start.Add(w.retryDelay(retried, nil, nil)).Sub(e.WindowStart()) > w.cfg.MaxAge
 	for _, r := range e.Recipients() {
 		st, ok := results[r]
 		if !ok {
@@ -327,7 +328,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 
 	u := queue.Update{Recipients: results, LastError: formatReply(lastReply),
-		Attempts: attempt, CreatedAt: e.CreatedAt, Reset: rec.Stale}
+		Attempts: attempt, CreatedAt: e.CreatedAt, Owner: e.Owner, Reset: rec.Stale}
 	if lastReply == (queue.Reply{}) || lastReply.Code == 250 {
 		u.LastError = ""
 	}

@@ -215,6 +215,10 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		if len(keys) == 0 {
 			log.Warn("SENDQ_API_KEYS is not set: the API accepts requests WITHOUT authentication. Anyone who reaches it can send mail.")
 		}
+		adminKeys, err := producer.ParseAPIKeys(cfg.AdminKeys)
+		if err != nil {
+			return fmt.Errorf("SENDQ_ADMIN_KEYS: %w", err)
+		}
 		// The enqueues of concurrent requests share pipelines: one write
 		// and one read for a batch instead of for every request, which
 		// halves Redis's CPU per request (README: Performance). Each
@@ -230,8 +234,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		}
 		client = asynq.NewClientFromRedisClient(enq)
 		api, err := producer.New(rdb, client, insp, store, producer.Config{
-			Keys: keys, AllowedFrom: allow,
-			Limits:       producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom},
+			Keys: keys, AdminKeys: adminKeys, AllowedFrom: allow,
+			Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
+				MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
 			RatePerKey: cfg.RatePerKey,
 			Logger:     log, Metrics: m,
@@ -243,9 +248,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		// The asynq web UI, read-only, behind the same API keys.
 		uiKeys := keys
 		if cfg.AdminKeys != "" {
-			if uiKeys, err = producer.ParseAPIKeys(cfg.AdminKeys); err != nil {
-				return fmt.Errorf("SENDQ_ADMIN_KEYS: %w", err)
-			}
+			uiKeys = adminKeys
+		} else if len(keys) > 1 {
+			log.Warn("SENDQ_ADMIN_KEYS is not set: every API key opens the web view at /ui/, which shows every key's emails. Set SENDQ_ADMIN_KEYS to keep the keys' emails apart there too.")
 		}
 		uiOpts := ui.Options{Anonymous: len(uiKeys) == 0, AllowWrites: cfg.UIAllowWrites}
 		if len(uiKeys) > 0 {

@@ -30,6 +30,7 @@ type Config struct {
 	DefaultFrom     string
 	MaxMessageBytes int64
 	MaxRecipients   int
+	MaxAttachments  int
 	PoolSize        int
 	IdleTimeout     time.Duration
 	MaxConnAge      time.Duration
@@ -40,6 +41,7 @@ type Config struct {
 	RetryMax        time.Duration
 	MaxAttempts     int
 	MaxAge          time.Duration
+	MaxSchedule     time.Duration
 	ShutdownTimeout time.Duration
 	Retention       time.Duration
 	RatePerKey      redis_rate.Limit
@@ -136,6 +138,8 @@ var settings = []Setting{
 		}},
 	{Env: "SENDQ_MAX_RECIPIENTS", Flag: "max-recipients", Def: "100", Help: "most recipients across To, CC and Bcc",
 		set: integer("SENDQ_MAX_RECIPIENTS", func(c *Config) *int { return &c.MaxRecipients }, 1)},
+	{Env: "SENDQ_MAX_ATTACHMENTS", Flag: "max-attachments", Def: "100", Help: "most attachments (inline parts included) in one email",
+		set: integer("SENDQ_MAX_ATTACHMENTS", func(c *Config) *int { return &c.MaxAttachments }, 1)},
 	{Env: "SENDQ_SMTP_POOL_SIZE", Flag: "smtp-pool-size", Def: "10", Help: "most SMTP connections one worker process keeps open",
 		set: integer("SENDQ_SMTP_POOL_SIZE", func(c *Config) *int { return &c.PoolSize }, 1)},
 	{Env: "SENDQ_SMTP_IDLE_TIMEOUT", Flag: "smtp-idle-timeout", Def: "30s", Help: "an SMTP connection idle longer is closed, not reused",
@@ -154,8 +158,10 @@ var settings = []Setting{
 		set: duration("SENDQ_RETRY_MAX_DELAY", func(c *Config) *time.Duration { return &c.RetryMax })},
 	{Env: "SENDQ_MAX_ATTEMPTS", Flag: "max-attempts", Def: "20", Help: "delivery attempts before an email is failed",
 		set: integer("SENDQ_MAX_ATTEMPTS", func(c *Config) *int { return &c.MaxAttempts }, 1)},
-	{Env: "SENDQ_MAX_AGE", Flag: "max-age", Def: "72h", Help: "an email not delivered within this is failed (reason expired)",
+	{Env: "SENDQ_MAX_AGE", Flag: "max-age", Def: "72h", Help: "an email not delivered within this of its SendAt (else of its acceptance) is failed (reason expired); a SendAt further back is refused",
 		set: duration("SENDQ_MAX_AGE", func(c *Config) *time.Duration { return &c.MaxAge })},
+	{Env: "SENDQ_MAX_SCHEDULE", Flag: "max-schedule", Def: "720h", Help: "how far ahead SendAt may be (720h: 30 days)",
+		set: duration("SENDQ_MAX_SCHEDULE", func(c *Config) *time.Duration { return &c.MaxSchedule })},
 	{Env: "SENDQ_SHUTDOWN_TIMEOUT", Flag: "shutdown-timeout", Def: "25s", Help: "how long a stopping worker lets in-flight sends finish",
 		set: duration("SENDQ_SHUTDOWN_TIMEOUT", func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 	{Env: "SENDQ_RETENTION", Flag: "retention", Def: "24h", Help: "how long a sent email stays visible in the status API",
