@@ -41,9 +41,9 @@ const maxKeyTenant = 64
 //
 // Keys of one tenant see and change each other's emails (an old and a new
 // key while one is rotated); a key without a tenant sees only its own.
-// The text before the first '=' is a tenant only when it is a name (1 to
-// 64 letters, digits, '.', '_' or '-') and what follows is a key of at
-// least 8 characters, so a base64 key's '=' padding stays part of the key.
+// The text before the first '=' is a tenant when it is a name (1 to 64
+// letters, digits, '.', '_' or '-') and more than '=' follows it, so that
+// the '=' padding that ends a base64 key stays part of the key.
 func ParseAPIKeys(s string) ([]APIKey, error) {
 	var keys []APIKey
 	for _, item := range strings.Split(s, ",") {
@@ -53,7 +53,7 @@ func ParseAPIKeys(s string) ([]APIKey, error) {
 		}
 		secret, allow, _ := strings.Cut(item, ":")
 		var tenant string
-		if name, rest, ok := strings.Cut(secret, "="); ok && validTenant(name) && len(rest) >= 8 {
+		if name, rest, ok := strings.Cut(secret, "="); ok && validTenant(name) && strings.Trim(rest, "=") != "" {
 			tenant, secret = name, rest
 		}
 		if len(secret) < 8 {

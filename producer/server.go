@@ -55,6 +55,12 @@ type Config struct {
 	// RedisTimeout bounds every Redis call of a request, so a dead Redis
 	// is a quick 503. If zero, 3s.
 	RedisTimeout time.Duration
+	// ListScanLimit bounds how many emails in one state GET /v1/emails
+	// reads for a key that sees only its own (they share one asynq queue
+	// with every other key's, so the listing reads them in the queue's
+	// order and keeps the key's). If zero, 10,000: asynq's own cap on the
+	// archive, which holds the failed emails.
+	ListScanLimit int
 	// RatePerKey limits POST /v1/emails per API key, across every API
 	// process (GCRA in Redis). Zero: no limit.
 	RatePerKey redis_rate.Limit
@@ -99,6 +105,9 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	}
 	if cfg.RedisTimeout <= 0 {
 		cfg.RedisTimeout = 3 * time.Second
+	}
+	if cfg.ListScanLimit <= 0 {
+		cfg.ListScanLimit = 10000
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -437,16 +446,10 @@ type List struct {
 	PageSize int                  `json:"page_size"`
 	Total    int                  `json:"total"`
 	// Truncated: the listing for a key that sees only its own emails
-	// looked at the first OwnScanLimit emails in this state and stopped;
-	// Total counts the key's among them.
+	// read the first Config.ListScanLimit emails in this state and
+	// stopped; Total counts the key's among them.
 	Truncated bool `json:"truncated,omitempty"`
 }
-
-// OwnScanLimit bounds how many emails in one state GET /v1/emails looks at
-// for a key that sees only its own: asynq keeps every key's emails in one
-// queue, so the listing reads them in the queue's order and keeps the
-// key's. 10,000 is asynq's own cap on the archive (the failed emails).
-const OwnScanLimit = 10000
 
 // scanBatch is how many tasks one read of that scan takes: the largest
 // page_size, so a scan never holds more emails at once than a page does.
@@ -528,15 +531,15 @@ func (a *API) list(w http.ResponseWriter, r *http.Request, key *APIKey) {
 }
 
 // listOwn fills out with the page of the emails of owner among the first
-// OwnScanLimit in the state fn lists; out.Total is the number of all of
-// them (the state's total when it comes in).
+// Config.ListScanLimit in the state fn lists; out.Total is the number of
+// all of them (the state's total when it comes in).
 func (a *API) listOwn(ctx context.Context, out *List, fn func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error), owner string) error {
 	inState := out.Total
 	skip := (out.Page - 1) * out.PageSize
 	out.Total = 0
-	examined := 0
-	for p := 1; examined < OwnScanLimit; p++ {
-		infos, err := fn(queue.Name, asynq.Page(p), asynq.PageSize(scanBatch))
+	examined, batch := 0, min(scanBatch, a.cfg.ListScanLimit)
+	for p := 1; examined < a.cfg.ListScanLimit; p++ {
+		infos, err := fn(queue.Name, asynq.Page(p), asynq.PageSize(batch))
 		if err != nil {
 			return err
 		}
@@ -557,7 +560,7 @@ func (a *API) listOwn(ctx context.Context, out *List, fn func(string, ...asynq.L
 				out.Emails = append(out.Emails, st)
 			}
 		}
-		if len(infos) < scanBatch {
+		if len(infos) < batch {
 			return nil // the end of the state's list
 		}
 	}
