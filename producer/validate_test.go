@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendq/sendq/internal/apitest"
 	"github.com/sendq/sendq/producer"
 )
 
@@ -161,6 +162,14 @@ func TestReadReceiptIsHeldToTheAllowLists(t *testing.T) {
 // sent a final (non-1xx) one.
 func rawExchange(t *testing.T, addr, head string, afterHead func(net.Conn)) (lines []string) {
 	t.Helper()
+	lines, _, _ = rawResponse(t, addr, head, afterHead)
+	return lines
+}
+
+// rawResponse is rawExchange that also returns the final response and its
+// body.
+func rawResponse(t *testing.T, addr, head string, afterHead func(net.Conn)) (lines []string, final *http.Response, body []byte) {
+	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -178,9 +187,9 @@ func rawExchange(t *testing.T, addr, head string, afterHead func(net.Conn)) (lin
 		}
 		lines = append(lines, resp.Status)
 		if resp.StatusCode >= 200 {
-			_, _ = io.Copy(io.Discard, resp.Body)
+			body, _ = io.ReadAll(resp.Body)
 			resp.Body.Close()
-			return lines
+			return lines, resp, body
 		}
 		if afterHead != nil {
 			afterHead(c)
@@ -251,4 +260,75 @@ func TestSlowBodyGets408(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The answers this issue added match the OpenAPI document: real exchanges
+// with a real server on Redis.
+func TestOpenAPIDocumentsTheEdgeAnswers(t *testing.T) {
+	t.Parallel()
+	v := apitest.NewValidator(t)
+	b := setupAPI(t, func(c *producer.Config) {
+		c.Keys = mustKeys(t, isoKeys)
+		c.AdminKeys = mustKeys(t, isoAdmin)
+		c.ListScanLimit = 2
+	})
+	exchange := func(method, path, body string, header map[string]string, want int) {
+		t.Helper()
+		req, err := http.NewRequest(method, b.srv.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		for k, val := range header {
+			req.Header.Set(k, val)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		respBody, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s = %d %s; want %d", method, path, resp.StatusCode, respBody, want)
+		}
+		v.Check(t, req, []byte(body), resp, respBody)
+	}
+	id := b.send(t, alpha)
+	b.send(t, beta)
+	b.send(t, beta)
+	exchange("POST", "/v1/emails", `{"From":"a@contoso.example","To":"b@example.com","SendAt":"9999-12-31T23:59:59Z"}`, alpha, 400)
+	exchange("POST", "/v1/emails", `{"From":"a@contoso.example","To":"b@example.com","Attachments":`+attachments(101)+`}`, alpha, 400)
+	exchange("POST", "/v1/emails", `{"From":"a@contoso.example","To":"b@example.com","ReadReceipt":"x@elsewhere.example"}`, alpha, 403)
+	exchange("GET", "/v1/emails/"+id, "", beta, 404)
+	exchange("DELETE", "/v1/emails/"+id, "", beta, 404)
+	exchange("POST", "/v1/emails/"+id+"/retry", "", beta, 404)
+	exchange("GET", "/v1/emails?status=queued", "", beta, 200) // truncated: 2 of 3 read
+	exchange("GET", "/v1/emails?status=queued", "", admin, 200)
+
+	// 413 from the declared length and 408, over a raw connection.
+	addr := strings.TrimPrefix(b.srv.URL, "http://")
+	req, _ := http.NewRequest("POST", b.srv.URL+"/v1/emails", nil)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", alpha["Authorization"])
+	_, resp, body := rawResponse(t, addr, "POST /v1/emails HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"+
+		"Authorization: "+alpha["Authorization"]+"\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n", nil)
+	if resp.StatusCode != 413 {
+		t.Errorf("declared 99999999 bytes = %d; want 413", resp.StatusCode)
+	}
+	v.Check(t, req, nil, resp, body)
+
+	srv := producer.NewHTTPServer(b.srv.Config.Handler, slog.New(slog.DiscardHandler))
+	srv.ReadTimeout = 500 * time.Millisecond
+	ts := httptest.NewUnstartedServer(nil)
+	ts.Config = srv
+	ts.Start()
+	t.Cleanup(ts.Close)
+	_, resp, body = rawResponse(t, strings.TrimPrefix(ts.URL, "http://"), "POST /v1/emails HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"+
+		"Authorization: "+alpha["Authorization"]+"\r\nContent-Length: 100\r\n\r\n{", nil)
+	if resp.StatusCode != 408 {
+		t.Errorf("a body cut short = %d; want 408", resp.StatusCode)
+	}
+	v.Check(t, req, nil, resp, body)
 }

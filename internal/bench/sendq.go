@@ -72,8 +72,9 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 	}
 	p.enq = asynq.NewClientFromRedisClient(enq)
 	api, err := producer.New(rdb, p.enq, asynq.NewInspectorFromRedisClient(rdb), p.store, producer.Config{
-		Keys:         keys,
-		Limits:       producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom},
+		Keys: keys,
+		Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
+			MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 		MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
 		Logger: log, Metrics: p.m,
 	})

@@ -91,3 +91,22 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+func TestScheduleAndAttachmentLimits(t *testing.T) {
+	c, err := Load("serve", nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxSchedule != 720*time.Hour || c.MaxAttachments != 100 {
+		t.Errorf("defaults MaxSchedule %s MaxAttachments %d; want 720h and 100", c.MaxSchedule, c.MaxAttachments)
+	}
+	c, err = Load("serve", []string{"-max-attachments", "5"}, env(map[string]string{"SENDQ_MAX_SCHEDULE": "48h"}), &bytes.Buffer{})
+	if err != nil || c.MaxSchedule != 48*time.Hour || c.MaxAttachments != 5 {
+		t.Errorf("Load = %+v, %v; want MaxSchedule 48h and MaxAttachments 5", c, err)
+	}
+	for k, v := range map[string]string{"SENDQ_MAX_SCHEDULE": "-1h", "SENDQ_MAX_ATTACHMENTS": "0"} {
+		if _, err := Load("serve", nil, env(map[string]string{k: v}), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("%s=%s: error %v; want one naming %s", k, v, err, k)
+		}
+	}
+}
