@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
@@ -38,11 +39,23 @@ func NewValidator(t testing.TB) *Validator {
 	return v
 }
 
+// registerTextJSON teaches openapi3filter to read text/json bodies, which
+// sendq takes as it takes application/json (the connector names both).
+var registerTextJSON = sync.OnceFunc(func() {
+	openapi3filter.RegisterBodyDecoder("text/json", openapi3filter.JSONBodyDecoder)
+})
+
 func newValidator(spec []byte) (*Validator, error) {
 	doc, err := openapi3.NewLoader().LoadFromData(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load: %w", err)
 	}
+	return newValidatorDoc(doc)
+}
+
+// newValidatorDoc validates doc and returns a Validator of it.
+func newValidatorDoc(doc *openapi3.T) (*Validator, error) {
+	registerTextJSON()
 	if err := doc.Validate(context.Background()); err != nil {
 		return nil, fmt.Errorf("validate: %w", err)
 	}
