@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sendq/sendq/deploy"
 	"github.com/sendq/sendq/internal/apitest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/metrics"
@@ -65,9 +66,25 @@ func setupConnector(t *testing.T, mutate func(*producer.Config)) *apiBundle {
 	return b
 }
 
+// validators checks exchanges against openapi.yaml and, for the
+// connector's routes, against the custom connector definition.
+type validators struct{ api, connector *apitest.Validator }
+
+func newValidators(t *testing.T) *validators {
+	return &validators{apitest.NewValidator(t), apitest.NewConnectorValidator(t, deploy.LogicAppsDefinition)}
+}
+
+func (v *validators) Check(t testing.TB, req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) {
+	t.Helper()
+	v.api.Check(t, req, reqBody, resp, respBody)
+	if !strings.HasPrefix(req.URL.Path, "/v1/") || req.Method != "POST" {
+		v.connector.Check(t, req, reqBody, resp, respBody)
+	}
+}
+
 // post sends body with a Content-Type and returns the response; the
-// exchange is checked against openapi.yaml.
-func (b *apiBundle) post(t *testing.T, v *apitest.Validator, path, contentType, body string, header map[string]string) response {
+// exchange is checked by v.
+func (b *apiBundle) post(t *testing.T, v *validators, path, contentType, body string, header map[string]string) response {
 	t.Helper()
 	req, err := http.NewRequest("POST", b.srv.URL+path, strings.NewReader(body))
 	if err != nil {
@@ -94,7 +111,7 @@ func (b *apiBundle) post(t *testing.T, v *apitest.Validator, path, contentType, 
 func TestConnectorRoutesQueueTheirVersion(t *testing.T) {
 	t.Parallel()
 	b := setupConnector(t, nil)
-	v := apitest.NewValidator(t)
+	v := newValidators(t)
 	for _, tc := range []struct {
 		path, contentType, body string
 		html                    bool
@@ -149,7 +166,7 @@ func TestConnectorRoutesQueueTheirVersion(t *testing.T) {
 func TestConnectorRoutesRefuseWhatTheirVersionLacks(t *testing.T) {
 	t.Parallel()
 	b := setupConnector(t, nil)
-	v := apitest.NewValidator(t)
+	v := newValidators(t)
 	att := func(fields string) string {
 		return `{"From":"s@example.com","To":"a@example.com","Attachments":[` + fields + `]}`
 	}
@@ -207,7 +224,7 @@ func TestConnectorRoutesShareTheIntakesChecks(t *testing.T) {
 	b := setupConnector(t, func(c *producer.Config) {
 		c.Keys = mustKeys(t, "compat-key-1:@example.com")
 	})
-	v := apitest.NewValidator(t)
+	v := newValidators(t)
 	auth := map[string]string{"Authorization": "Bearer compat-key-1"}
 	for _, tc := range []struct {
 		name, path, contentType, body string
@@ -246,7 +263,7 @@ func TestTestConnection(t *testing.T) {
 	b := setupConnector(t, func(c *producer.Config) {
 		c.Keys = mustKeys(t, "compat-key-1")
 	})
-	v := apitest.NewValidator(t)
+	v := newValidators(t)
 	get := func(path, key string) response {
 		t.Helper()
 		req, err := http.NewRequest("GET", b.srv.URL+path, nil)
@@ -314,6 +331,57 @@ func TestConnectorPathsLeaveOtherPathsAlone(t *testing.T) {
 		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("POST", tc.in, nil))
 		if len(got) != 1 || got[0] != tc.want {
 			t.Errorf("ConnectorPaths(%q) served %q; want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestConnectorRoutesMatchTheCustomConnector checks each versioned route
+// against its body schema in the custom connector definition: a field of
+// the schema is taken, any other of sendq's is refused as unknown.
+func TestConnectorRoutesMatchTheCustomConnector(t *testing.T) {
+	t.Parallel()
+	b := setupConnector(t, nil)
+	_, doc, err := apitest.LoadSwagger(deploy.LogicAppsDefinition)
+	if err != nil {
+		t.Fatal(err)
+	}
+	samples := map[string]string{
+		"From": `"s@example.com"`, "To": `"a@example.com"`, "CC": `"c@example.com"`, "Bcc": `"d@example.com"`,
+		"Subject": `"hi"`, "Body": `"<p>hi</p>"`, "IsHtml": `true`, "Importance": `"High"`,
+		"ReadReceipt": `"s@example.com"`, "DeliveryReceipt": `"s@example.com"`, "SendAt": `""`, "Attachments": `[]`,
+	}
+	attSamples := map[string]string{
+		"ContentData": `"aGk="`, "ContentType": `"text/plain"`, "FileName": `"a.txt"`, "ContentId": `"a1"`,
+		"ContentTransferEncoding": `"base64"`,
+	}
+	for _, tc := range []struct{ op, email, attachment string }{
+		{"SendEmail", "Email", "Attachment"}, {"SendEmailV2", "EmailV2", "AttachmentV2"}, {"SendEmailV3", "EmailV3", "AttachmentV2"},
+	} {
+		email := doc.Components.Schemas[tc.email].Value
+		att := doc.Components.Schemas[tc.attachment].Value
+		for name, sample := range samples {
+			_, inSchema := email.Properties[name]
+			body := `{"From":"s@example.com","To":"a@example.com","` + name + `":` + sample + `}`
+			if name == "From" || name == "To" { // in every body; given once
+				body = `{"From":"s@example.com","To":"a@example.com"}`
+			}
+			r := b.post(t, nil, "/"+tc.op, "application/json", body, nil)
+			if code, _ := errField(r); inSchema != (r.code == 202) || !inSchema && code != "unknown_field" {
+				t.Errorf("%s with %s = %d %s; the definition's %s has it: %v", tc.op, name, r.code, r.raw, tc.email, inSchema)
+			}
+		}
+		for name, sample := range attSamples {
+			_, inSchema := att.Properties[name]
+			fields := []string{`"` + name + `":` + sample}
+			for _, req := range att.Required {
+				if req != name {
+					fields = append(fields, `"`+req+`":`+attSamples[req])
+				}
+			}
+			r := b.post(t, nil, "/"+tc.op, "application/json", `{"From":"s@example.com","To":"a@example.com","Attachments":[{`+strings.Join(fields, ",")+`}]}`, nil)
+			if code, _ := errField(r); inSchema != (r.code == 202) || !inSchema && code != "unknown_field" {
+				t.Errorf("%s with attachment field %s = %d %s; the definition's %s has it: %v", tc.op, name, r.code, r.raw, tc.attachment, inSchema)
+			}
 		}
 	}
 }

@@ -26,6 +26,8 @@ type Validator struct {
 	doc    *openapi3.T
 	router routers.Router
 	opts   *openapi3filter.Options
+	// mapPath, if set, gives the path a request is checked as.
+	mapPath func(*http.Request) string
 }
 
 // NewValidator loads and validates producer.OpenAPI; a document that does
@@ -107,11 +109,14 @@ func (v *Validator) check(req *http.Request, reqBody []byte, resp *http.Response
 	r := req.Clone(context.Background())
 	r.Body = io.NopCloser(bytes.NewReader(reqBody))
 	r.ContentLength = int64(len(reqBody))
+	if v.mapPath != nil {
+		r.URL.Path, r.URL.RawPath = v.mapPath(r), ""
+	}
 
 	name := req.Method + " " + req.URL.Path
 	route, pathParams, err := v.router.FindRoute(r)
 	if err != nil {
-		return []string{fmt.Sprintf("openapi: %s (status %d): no operation in openapi.yaml: %v", name, resp.StatusCode, err)}
+		return []string{fmt.Sprintf("openapi: %s (status %d): no operation in the document: %v", name, resp.StatusCode, err)}
 	}
 	name = route.Method + " " + route.Path
 
