@@ -75,7 +75,8 @@ type Metrics struct {
 // Routes lists the HTTP routes, for initialising label values.
 var Routes = []string{
 	"POST /v1/emails", "GET /v1/emails", "GET /v1/emails/{id}", "POST /v1/emails/{id}/retry",
-	"DELETE /v1/emails/{id}", "other",
+	"DELETE /v1/emails/{id}", "POST /SendEmail", "POST /SendEmailV2", "POST /SendEmailV3",
+	"GET /TestConnection", "other",
 }
 
 // Reasons are queue.Reasons (metrics does not import queue; a test keeps

@@ -74,6 +74,7 @@ type Config struct {
 type API struct {
 	cfg   Config
 	keys  []APIKey // Keys, then AdminKeys marked admin
+	rdb   redis.UniversalClient
 	enq   Enqueuer
 	insp  *asynq.Inspector
 	look  *queue.Lookup
@@ -121,7 +122,7 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 		}
 	}
 	return &API{
-		cfg: cfg, keys: keys, enq: enq, insp: insp, store: store,
+		cfg: cfg, keys: keys, rdb: rdb, enq: enq, insp: insp, store: store,
 		look:  &queue.Lookup{Inspector: insp, Store: store},
 		admin: &queue.Admin{Inspector: insp, Store: store},
 		rate:  redis_rate.NewLimiter(rdb),
@@ -129,8 +130,9 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	}, nil
 }
 
-// Register adds the /v1 routes to mux.
+// Register adds the /v1 routes and the connector's (compat.go) to mux.
 func (a *API) Register(mux *http.ServeMux) {
+	a.registerConnector(mux)
 	mux.Handle("POST /v1/emails", a.authorized(a.send))
 	mux.Handle("GET /v1/emails", a.authorized(a.list))
 	mux.Handle("GET /v1/emails/{id}", a.authorized(a.status))
@@ -182,7 +184,7 @@ type Accepted struct {
 
 func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	if !isJSON(r.Header.Get("Content-Type")) {
-		WriteError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type", "Content-Type must be application/json")
+		WriteError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type", "Content-Type must be application/json or text/json")
 		return
 	}
 	// A body declared too large is refused before a byte of it is read:
@@ -366,14 +368,15 @@ func (a *API) accepted(w http.ResponseWriter, id, status string) {
 	WriteJSON(w, http.StatusAccepted, Accepted{ID: id, Status: status})
 }
 
-// isJSON reports whether a Content-Type is application/json, with or
-// without parameters.
+// isJSON reports whether a Content-Type is application/json or text/json
+// (which the connector's definitions also name), with or without
+// parameters.
 func isJSON(contentType string) bool {
 	if contentType == "application/json" { // no parameters to parse
 		return true
 	}
 	mt, _, err := mime.ParseMediaType(contentType)
-	return err == nil && mt == "application/json"
+	return err == nil && (mt == "application/json" || mt == "text/json")
 }
 
 // readBody is io.ReadAll with a first buffer the size of the body when the

@@ -318,7 +318,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		}
 		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
-	srv := producer.NewHTTPServer(m.Instrument(mux), log)
+	// The connector's /{connectionId}/SendEmailV3 and its kin are served as
+	// /SendEmailV3 (a ServeMux pattern for them would conflict with /ui/).
+	srv := producer.NewHTTPServer(m.Instrument(producer.ConnectorPaths(mux)), log)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }() // ends when srv.Shutdown is called
 	log.Info("sendq listening", "mode", mode, "addr", ln.Addr().String())
