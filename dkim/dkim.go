@@ -28,7 +28,8 @@ import (
 )
 
 // SignedHeaders are the header fields a signature covers, each as many
-// times as the message has it; one the message lacks is left out.
+// times as the message has it; one the message lacks is left out, unless
+// it is one of Oversigned.
 var SignedHeaders = []string{
 	"From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID",
 	"MIME-Version", "Content-Type", "Content-Transfer-Encoding",
@@ -36,6 +37,12 @@ var SignedHeaders = []string{
 	"In-Reply-To", "References",
 	"Importance", "Priority", "X-Priority", "Disposition-Notification-To",
 }
+
+// Oversigned are named in the signature once more than the message has
+// them (RFC 6376 section 8.15): a receiver then rejects a copy to which one
+// was added, such as a second From or Subject, or a List-Unsubscribe that
+// was not there.
+var Oversigned = []string{"From", "Reply-To", "Subject", "List-Unsubscribe", "List-Unsubscribe-Post"}
 
 // Signer signs messages with the keys of their From domain. A Signer is
 // safe for concurrent use.
@@ -180,7 +187,7 @@ func stillValid(prior string, msg []byte, keys []*Key, hk []string) bool {
 }
 
 // headerKeys lists the SignedHeaders that msg's header has, each as many
-// times as it occurs, in the order of SignedHeaders.
+// times as it occurs, in the order of SignedHeaders, then Oversigned.
 func headerKeys(msg []byte) ([]string, error) {
 	h, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(headerOf(msg)))).ReadMIMEHeader()
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -195,7 +202,7 @@ func headerKeys(msg []byte) ([]string, error) {
 	if !slices.Contains(keys, "From") {
 		return nil, errors.New("the message has no From header")
 	}
-	return keys, nil
+	return append(keys, Oversigned...), nil
 }
 
 // headerOf returns msg's header and the blank line after it.

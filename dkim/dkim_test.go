@@ -146,7 +146,7 @@ func TestSignVerifiesWithBothVerifiers(t *testing.T) {
 				t.Fatalf("Sign gave %d signatures; want %d:\n%s", got, len(keys), sig)
 			}
 			for _, want := range []string{"c=relaxed/relaxed", "d=contoso.example",
-				"h=From:To:Cc:Subject:Date:Message-ID:MIME-Version:Content-Type:List-Unsubscribe:List-Unsubscribe-Post:Importance"} {
+				"h=From:To:Cc:Subject:Date:Message-ID:MIME-Version:Content-Type:List-Unsubscribe:List-Unsubscribe-Post:Importance:From:Reply-To:Subject:List-Unsubscribe:List-Unsubscribe-Post;"} {
 				if !strings.Contains(strings.NewReplacer("\r\n", "", " ", "").Replace(sig), strings.ReplaceAll(want, " ", "")) {
 					t.Errorf("signature lacks %q:\n%s", want, sig)
 				}
@@ -167,6 +167,8 @@ func TestSignVerifiesWithBothVerifiers(t *testing.T) {
 				{"List-Unsubscribe-Post", "List-Unsubscribe=One-Click", "List-Unsubscribe=One-Clack"},
 				{"From", "\"Contoso CRM\" <crm@", "\"Contoso IT\" <crm@"},
 				{"body", "<b>Fabrikam</b>", "<b>Northwind</b>"},
+				{"a second Subject", "Importance: high\r\n", "Importance: high\r\nSubject: Urgent\r\n"},
+				{"a Reply-To", "Importance: high\r\n", "Importance: high\r\nReply-To: <evil@evil.example>\r\n"},
 			}
 			for _, tamper := range tampers {
 				bad := bytes.Replace(signed, []byte(tamper.old), []byte(tamper.new), 1)
@@ -176,7 +178,9 @@ func TestSignVerifiesWithBothVerifiers(t *testing.T) {
 				msgs = append(msgs, bad)
 			}
 			refolded := bytes.Replace(signed, []byte("To: <sales@fabrikam.example>,\r\n \"Kim"), []byte("To: <sales@fabrikam.example>,  \"Kim"), 1)
-			msgs = append(msgs, refolded)
+			// A relay on the way adds its Received line on top.
+			received := append([]byte("Received: from relay.contoso.example by mx.fabrikam.example;\r\n Fri, 02 Jan 2026 03:04:06 +0000\r\n"), signed...)
+			msgs = append(msgs, refolded, received)
 
 			v := bothVerifiers(t, recs, len(keys), msgs...)
 			if !v[0].msgauth || !v[0].dkimpy {
@@ -187,8 +191,10 @@ func TestSignVerifiesWithBothVerifiers(t *testing.T) {
 					t.Errorf("tampered %s still verifies: %s", tamper.name, got.detail)
 				}
 			}
-			if got := v[len(v)-1]; !got.msgauth || !got.dkimpy {
-				t.Errorf("refolded To fails: %s", got.detail)
+			for i, what := range []string{"refolded To", "a Received line added"} {
+				if got := v[1+len(tampers)+i]; !got.msgauth || !got.dkimpy {
+					t.Errorf("%s fails: %s", what, got.detail)
+				}
 			}
 		})
 	}

@@ -56,6 +56,9 @@ type Record struct {
 	LastError  string
 	SentAt     time.Time
 	Recipients map[string]RecipientResult
+	// DKIMSignature holds the DKIM-Signature header fields an earlier
+	// attempt sent, for the next attempt to send again.
+	DKIMSignature string
 	// Stale marks a record of an earlier email with the same id.
 	Stale bool
 }
@@ -116,6 +119,8 @@ type Update struct {
 	CreatedAt  time.Time // written only when set
 	Attempts   int       // written only when set
 	Recipients map[string]RecipientResult
+	// DKIMSignature is written only when set.
+	DKIMSignature string
 	// Reset drops the record before writing (it was Stale).
 	Reset bool
 }
@@ -143,6 +148,9 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	}
 	if !u.SentAt.IsZero() {
 		fields = append(fields, "sent_at", u.SentAt.UTC().Format(time.RFC3339Nano))
+	}
+	if u.DKIMSignature != "" {
+		fields = append(fields, "dkim", u.DKIMSignature)
 	}
 	for addr, r := range u.Recipients {
 		b, err := json.Marshal(r)
@@ -222,6 +230,8 @@ func parseRecord(m map[string]string) (*Record, error) {
 				return nil, fmt.Errorf("record created_at %q: %w", v, err)
 			}
 			r.CreatedAt = t
+		case k == "dkim":
+			r.DKIMSignature = v
 		case k == "sent_at":
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {
