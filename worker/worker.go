@@ -409,7 +409,8 @@ func (w *Worker) save(ctx context.Context, id string, u queue.Update) error {
 // which another worker may take the task.
 const saveRetryFor = 20 * time.Second
 
-// deliver sends e to the pending recipients and judges each one. A
+// deliver sends msg, the rendered e, to the pending recipients and judges
+// each one. A
 // transaction that fails before any RCPT on a reused connection (the server
 // closed it while idle) is tried once more on a fresh connection.
 func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg io.WriterTo, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool) {

@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 var (
@@ -167,4 +168,11 @@ func findInterpreter() (string, string) {
 		return "", py + " cannot import dkim"
 	}
 	return py, ""
+}
+
+// ReportCPU adds a "cpu-µs/op" metric to b: the process CPU time since
+// start (a CPUTime value taken before the loop) over b.N.
+func ReportCPU(b *testing.B, start time.Duration) {
+	b.Helper()
+	b.ReportMetric(float64(CPUTime()-start)/float64(time.Microsecond)/float64(b.N), "cpu-µs/op")
 }
