@@ -23,6 +23,7 @@ import (
 	"go.yaml.in/yaml/v4"
 
 	"github.com/sendq/sendq/internal/config"
+	"github.com/sendq/sendq/internal/promtool"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
@@ -681,18 +682,15 @@ func TestDashboardDatasource(t *testing.T) {
 }
 
 // TestAlertRules runs the alert rules' unit tests with promtool, when it
-// is installed.
+// is installed (make test and CI install it and require it).
 func TestAlertRules(t *testing.T) {
 	t.Parallel()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Skip("promtool not installed")
-	}
+	bin := promtool.Path(t)
 	for _, args := range [][]string{
 		{"check", "rules", filepath.Join("prometheus", "alerts.yml")},
 		{"test", "rules", filepath.Join("prometheus", "alerts_test.yml")},
 	} {
-		out, err := exec.Command(promtool, args...).CombinedOutput()
+		out, err := exec.Command(bin, args...).CombinedOutput()
 		if err != nil {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}

@@ -1,5 +1,6 @@
-// Package metrics defines every Prometheus metric sendq exports and the
-// /metrics handler. Metrics are built on an injected prometheus.Registerer,
+// Package metrics defines the Prometheus metrics sendq exports (a concern
+// with a package of its own, such as dkim, defines its own on the same
+// registry) and the /metrics handler. Metrics are built on an injected prometheus.Registerer,
 // so tests use prometheus.NewRegistry(). Label values are bounded enums
 // (route, code, reason, class, state, queue): never an address, an id or a
 // subject. Every known label combination is initialised to zero so that

@@ -59,6 +59,9 @@ type Record struct {
 	// Owner is the email's owner (Email.Owner), so that the status of an
 	// email asynq has forgotten stays private to it.
 	Owner string
+	// DKIMSignature holds the DKIM-Signature header fields an earlier
+	// attempt sent, for the next attempt to send again.
+	DKIMSignature string
 	// Stale marks a record of an earlier email with the same id.
 	Stale bool
 }
@@ -120,6 +123,8 @@ type Update struct {
 	Owner      string    // written only when set
 	Attempts   int       // written only when set
 	Recipients map[string]RecipientResult
+	// DKIMSignature is written only when set.
+	DKIMSignature string
 	// Reset drops the record before writing (it was Stale).
 	Reset bool
 }
@@ -150,6 +155,9 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	}
 	if !u.SentAt.IsZero() {
 		fields = append(fields, "sent_at", u.SentAt.UTC().Format(time.RFC3339Nano))
+	}
+	if u.DKIMSignature != "" {
+		fields = append(fields, "dkim", u.DKIMSignature)
 	}
 	for addr, r := range u.Recipients {
 		b, err := json.Marshal(r)
@@ -231,6 +239,8 @@ func parseRecord(m map[string]string) (*Record, error) {
 				return nil, fmt.Errorf("record created_at %q: %w", v, err)
 			}
 			r.CreatedAt = t
+		case k == "dkim":
+			r.DKIMSignature = v
 		case k == "sent_at":
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {

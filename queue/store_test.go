@@ -84,3 +84,22 @@ func TestStoreSaveLoad(t *testing.T) {
 		})
 	}
 }
+
+// The DKIM signature an attempt sent is kept for the next one, and a later
+// write without one leaves it alone.
+func TestStoreKeepsTheDKIMSignature(t *testing.T) {
+	ctx := context.Background()
+	store := queue.NewStore(redistest.Start(t).Client(t), time.Hour)
+	e := benchEmail()
+	const sig = "DKIM-Signature: a=ed25519-sha256; bh=AAAA;\r\n c=relaxed/relaxed; d=contoso.example; s=ed2026; t=1; v=1;\r\n b=BBBB\r\n"
+	if err := store.Save(ctx, e.ID, queue.Update{State: queue.StatusRetrying, Attempts: 1, CreatedAt: e.CreatedAt, DKIMSignature: sig}); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Save(ctx, e.ID, queue.Update{State: queue.StatusSent, Attempts: 2}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := store.Load(ctx, e)
+	if err != nil || rec.DKIMSignature != sig || rec.State != queue.StatusSent {
+		t.Errorf("Load = %+v, %v; want state sent and DKIM signature %q", rec, err, sig)
+	}
+}

@@ -29,8 +29,13 @@ func MessageID(e *queue.Email) string {
 // BuildMessage turns a queued email into a go-mail message: headers From,
 // To, Cc (never Bcc), Subject, Date (the time it was accepted), Message-ID,
 // Importance, Disposition-Notification-To; a text/html or text/plain body;
-// attachments, and inline parts for those with a Content-ID.
-func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
+// attachments, and inline parts for those with a Content-ID. The options
+// add what the email does not say (WithTextPart).
+func BuildMessage(e *queue.Email, options ...MessageOption) (*gomail.Msg, error) {
+	var o messageOptions
+	for _, opt := range options {
+		opt(&o)
+	}
 	m := gomail.NewMsg(gomail.WithNoDefaultUserAgent())
 	m.FromMailAddress(mailAddr(e.From))
 	if len(e.To) > 0 {
@@ -60,7 +65,14 @@ func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
 	// Quoted-printable writes every line break as CRLF anyway; doing it
 	// first avoids a mime/quotedprintable bug that drops the LF of
 	// "\r<encoded bytes>\n" ("\r둘째\n" becomes "\r\n둘째").
-	m.SetBodyString(ct, crlf.Replace(e.Body))
+	if text, ok := o.textPart(e); ok {
+		// multipart/alternative, plain first: a reader shows the last
+		// part it can, so HTML where it can.
+		m.SetBodyString(gomail.TypeTextPlain, crlf.Replace(text))
+		m.AddAlternativeString(gomail.TypeTextHTML, crlf.Replace(e.Body))
+	} else {
+		m.SetBodyString(ct, crlf.Replace(e.Body))
+	}
 	for i, a := range e.Attachments {
 		opts := []gomail.FileOption{}
 		if a.ContentType != "" {

@@ -66,9 +66,9 @@ type parsed struct {
 	leaves    []leaf
 }
 
-func build(t *testing.T, e *queue.Email) *parsed {
+func build(t *testing.T, e *queue.Email, opts ...worker.MessageOption) *parsed {
 	t.Helper()
-	m, err := worker.BuildMessage(e)
+	m, err := worker.BuildMessage(e, opts...)
 	if err != nil {
 		t.Fatalf("BuildMessage: %v", err)
 	}

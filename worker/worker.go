@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sendq/sendq/dkim"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
 )
@@ -56,6 +58,13 @@ type Config struct {
 	// process (GCRA in Redis), like an SES account's send rate. Zero: no
 	// limit.
 	SMTPRate redis_rate.Limit
+	// DKIM signs each message whose From domain has a key. If nil, no
+	// message is signed.
+	DKIM *dkim.Signer
+	// NoTextPart sends an HTML body as it is. If false (the default), an
+	// HTML-only body gets a text/plain alternative derived from it
+	// (WithTextPart).
+	NoTextPart bool
 	// Store keeps delivery records. Required.
 	Store *queue.Store
 	// Logger; if nil, slog.Default().
@@ -272,6 +281,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	results := map[string]queue.RecipientResult{}
 	var lastReply queue.Reply
 	var throttle bool
+	var dkimSig string
 	failAll := func(why string, msg string) {
 		reason, lastReply = why, queue.Reply{Message: msg}
 		for _, r := range pending {
@@ -283,12 +293,14 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case start.Sub(e.WindowStart()) > w.cfg.MaxAge:
 		failAll(queue.ReasonExpired, fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge))
 	default:
-		var buildErr error
-		results, lastReply, throttle, buildErr = w.deliver(ctx, e, pending)
-		if buildErr != nil {
-			// The message could not be built: nothing will fix that.
-			failAll(queue.ReasonInvalid, oneLine(buildErr.Error()))
+		msg, err := w.message(e, rec.DKIMSignature)
+		if err != nil {
+			// The message could not be built or signed: nothing will fix that.
+			failAll(queue.ReasonInvalid, oneLine(err.Error()))
+			break
 		}
+		dkimSig = msg.sig
+		results, lastReply, throttle = w.deliver(ctx, e, msg, pending)
 	}
 
 	// Settle every recipient: this attempt's result, or an earlier one's.
@@ -329,6 +341,9 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 	u := queue.Update{Recipients: results, LastError: formatReply(lastReply),
 		Attempts: attempt, CreatedAt: e.CreatedAt, Owner: e.Owner, Reset: rec.Stale}
+	if dkimSig != rec.DKIMSignature {
+		u.DKIMSignature = dkimSig // for the next attempt to send again
+	}
 	if lastReply == (queue.Reply{}) || lastReply.Code == 250 {
 		u.LastError = ""
 	}
@@ -395,14 +410,11 @@ func (w *Worker) save(ctx context.Context, id string, u queue.Update) error {
 // which another worker may take the task.
 const saveRetryFor = 20 * time.Second
 
-// deliver sends e to the pending recipients and judges each one. A
+// deliver sends msg, the rendered e, to the pending recipients and judges
+// each one. A
 // transaction that fails before any RCPT on a reused connection (the server
 // closed it while idle) is tried once more on a fresh connection.
-func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool, error) {
-	msg, err := BuildMessage(e)
-	if err != nil {
-		return map[string]queue.RecipientResult{}, queue.Reply{}, false, fmt.Errorf("build message: %w", err)
-	}
+func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg io.WriterTo, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool) {
 	env := Envelope{From: e.EnvelopeFrom(), To: pending, DSN: e.DeliveryReceipt}
 	var res *TxResult
 	for try := 0; try < 2; try++ {
@@ -453,7 +465,7 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) 
 	} else if res.Delivered {
 		w.cooldown.Store(0)
 	}
-	return out, last, throttle, nil
+	return out, last, throttle
 }
 
 // waitTurn blocks until this process may open a transaction: after any

@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sendq/sendq/dkim"
 	"github.com/sendq/sendq/internal/bench"
 	"github.com/sendq/sendq/internal/config"
 	"github.com/sendq/sendq/internal/outbox"
@@ -155,6 +156,15 @@ func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 // until ctx is canceled, then stops them in order.
 func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logger) error {
 	runAPI, runWorker := mode != "worker", mode != "api"
+
+	// The DKIM keys first: a bad one stops the process before it serves.
+	var dkimKeys []*dkim.Key
+	if runWorker && cfg.DKIM != "" {
+		var err error
+		if dkimKeys, err = dkim.LoadKeys(cfg.DKIM); err != nil {
+			return fmt.Errorf("SENDQ_DKIM: %w", err)
+		}
+	}
 
 	// Redis: the configured one, or an embedded in-memory one.
 	redisURL := cfg.RedisURL
@@ -294,12 +304,21 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			defer ap.Close() // after the worker's Shutdown, below
 			wstore = queue.NewStore(ap, cfg.RecordTTL())
 		}
+		var signer *dkim.Signer
+		if cfg.DKIM != "" {
+			signer = dkim.NewSigner(dkimKeys, reg)
+			for _, k := range dkimKeys {
+				log.Info("dkim key loaded: publish its public key at its DNS name", "domain", k.Domain, "selector", k.Selector,
+					"algorithm", k.Algorithm(), "dns_name", k.DNSName(), "txt", k.TXTRecord())
+			}
+		}
 		w, err = worker.New(rdb, worker.Config{
 			Relay: relay,
 			Pool: worker.PoolConfig{Size: cfg.PoolSize, IdleTimeout: cfg.IdleTimeout, MaxConnAge: cfg.MaxConnAge,
 				CommandTimeout: cfg.SMTPTimeout},
 			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
 			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
+			DKIM: signer, NoTextPart: !cfg.TextPart,
 			Store: wstore, Logger: log, Metrics: m,
 		})
 		if err != nil {

@@ -47,6 +47,8 @@ type Config struct {
 	RatePerKey      redis_rate.Limit
 	SMTPRate        redis_rate.Limit
 	OutboxDir       string
+	DKIM            string
+	TextPart        bool
 	LogFormat       string
 	LogLevel        string
 }
@@ -170,6 +172,10 @@ var settings = []Setting{
 		set: rate("SENDQ_RATE_PER_KEY", func(c *Config) *redis_rate.Limit { return &c.RatePerKey })},
 	{Env: "SENDQ_SMTP_RATE", Flag: "smtp-rate", Help: "SMTP transactions per period to the relay across all worker processes, e.g. 14/s; unset: none",
 		set: rate("SENDQ_SMTP_RATE", func(c *Config) *redis_rate.Limit { return &c.SMTPRate })},
+	{Env: "SENDQ_DKIM", Flag: "dkim", Help: "DKIM signing keys: comma-separated domain:selector:/path/key.pem (RSA of at least 2048 bits, or Ed25519); a message whose From domain, or its closest parent, has keys is signed with each; unset: nothing is signed",
+		set: str(func(c *Config) *string { return &c.DKIM })},
+	{Env: "SENDQ_TEXT_PART", Flag: "text-part", Def: "true", Help: "give an HTML-only body a text/plain alternative derived from it (multipart/alternative); false: send the HTML alone",
+		set: boolean("SENDQ_TEXT_PART", func(c *Config) *bool { return &c.TextPart })},
 	{Env: "SENDQ_OUTBOX_DIR", Flag: "outbox-dir", Def: "./sendq-outbox", Help: "where the embedded SMTP server writes .eml files",
 		set: str(func(c *Config) *string { return &c.OutboxDir })},
 	{Env: "SENDQ_LOG_FORMAT", Flag: "log-format", Def: "text", Help: "text or json",

@@ -110,3 +110,25 @@ func TestScheduleAndAttachmentLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestDKIMAndTextPart(t *testing.T) {
+	c, err := Load("worker", nil, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DKIM != "" || !c.TextPart {
+		t.Errorf("DKIM %q, TextPart %v; want unset and true by default", c.DKIM, c.TextPart)
+	}
+	c, err = Load("worker", []string{"-dkim", "contoso.example:s1:/etc/sendq/s1.pem"},
+		env(map[string]string{"SENDQ_TEXT_PART": "false", "SENDQ_DKIM": "x.example:s:/k.pem"}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DKIM != "contoso.example:s1:/etc/sendq/s1.pem" || c.TextPart {
+		t.Errorf("DKIM %q, TextPart %v; want the flag's keys and false from the env", c.DKIM, c.TextPart)
+	}
+	if _, err := Load("worker", nil, env(map[string]string{"SENDQ_TEXT_PART": "sometimes"}), &bytes.Buffer{}); err == nil ||
+		!strings.Contains(err.Error(), "SENDQ_TEXT_PART") {
+		t.Errorf("SENDQ_TEXT_PART=sometimes: %v; want an error naming it", err)
+	}
+}

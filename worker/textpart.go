@@ -1,0 +1,38 @@
+package worker
+
+import (
+	"strings"
+
+	"github.com/inbucket/html2text"
+
+	"github.com/sendq/sendq/queue"
+)
+
+// MessageOption changes what BuildMessage makes beyond what the email says.
+type MessageOption func(*messageOptions)
+
+type messageOptions struct {
+	text bool
+}
+
+// WithTextPart gives an HTML body a text/plain alternative derived from it
+// (multipart/alternative): an HTML-only message is a spam signal, and a
+// reader that shows text gets something readable. Links read as
+// "text ( URL )"; headings and lists keep their shape; tables, which email
+// HTML uses for layout, are read as running text. A body whose
+// HTML yields no text (an image alone) stays HTML-only.
+func WithTextPart() MessageOption { return func(o *messageOptions) { o.text = true } }
+
+// textPart returns the text alternative of e's body, if e gets one.
+func (o messageOptions) textPart(e *queue.Email) (string, bool) {
+	if !o.text || !e.IsHTML {
+		return "", false
+	}
+	text, err := html2text.FromString(e.Body, html2text.Options{})
+	if err != nil || strings.TrimSpace(text) == "" {
+		// The HTML parser accepts any input; an error would be a bug in
+		// the converter, not a reason to fail the email.
+		return "", false
+	}
+	return text + "\n", true
+}
