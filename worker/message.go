@@ -27,21 +27,42 @@ func MessageID(e *queue.Email) string {
 }
 
 // BuildMessage turns a queued email into a go-mail message: headers From,
-// To, Cc (never Bcc), Subject, Date (the time it was accepted), Message-ID,
-// Importance, Disposition-Notification-To; a text/html or text/plain body;
+// To, Cc (never Bcc), Subject, Date, Message-ID, Importance,
+// Disposition-Notification-To; a text/html or text/plain body;
 // attachments, and inline parts for those with a Content-ID.
+//
+// Date is SendAt for a scheduled email (else the time it was accepted): the
+// same on every attempt. Domains are written in ASCII (IDNA); a non-ASCII
+// local part stays UTF-8 (RFC 6532), which the relay must carry with
+// SMTPUTF8.
 func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
 	m := gomail.NewMsg(gomail.WithNoDefaultUserAgent())
-	m.FromMailAddress(mailAddr(e.From))
+	from, err := headerAddrs("From", []queue.Address{e.From})
+	if err != nil {
+		return nil, err
+	}
+	m.FromMailAddress(from[0])
 	if len(e.To) > 0 {
-		m.ToMailAddress(mailAddrs(e.To)...)
+		to, err := headerAddrs("To", e.To)
+		if err != nil {
+			return nil, err
+		}
+		m.ToMailAddress(to...)
 	}
 	if len(e.Cc) > 0 {
-		m.CcMailAddress(mailAddrs(e.Cc)...)
+		cc, err := headerAddrs("Cc", e.Cc)
+		if err != nil {
+			return nil, err
+		}
+		m.CcMailAddress(cc...)
 	}
 	m.Subject(e.Subject)
 	m.SetMessageIDWithValue(MessageID(e))
-	m.SetDateWithValue(e.CreatedAt)
+	date := e.CreatedAt
+	if e.SendAt.After(date) {
+		date = e.SendAt
+	}
+	m.SetDateWithValue(date)
 	switch e.Importance {
 	case queue.ImportanceHigh:
 		m.SetImportance(gomail.ImportanceHigh)
@@ -49,7 +70,11 @@ func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
 		m.SetImportance(gomail.ImportanceLow)
 	}
 	if e.ReadReceipt != "" {
-		if err := m.RequestMDNTo(e.ReadReceipt); err != nil {
+		rr, err := queue.ASCIIAddress(e.ReadReceipt)
+		if err != nil {
+			return nil, fmt.Errorf("read receipt: %w", err)
+		}
+		if err := m.RequestMDNTo(rr); err != nil {
 			return nil, fmt.Errorf("read receipt: %w", err)
 		}
 	}
@@ -83,12 +108,16 @@ func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
 // crlf turns every line break, CRLF, CR or LF, into CRLF.
 var crlf = strings.NewReplacer("\r\n", "\r\n", "\r", "\r\n", "\n", "\r\n")
 
-func mailAddr(a queue.Address) *mail.Address { return &mail.Address{Name: a.Name, Address: a.Address} }
-
-func mailAddrs(as []queue.Address) []*mail.Address {
+// headerAddrs returns the addresses of a header with their domains in
+// ASCII.
+func headerAddrs(field string, as []queue.Address) ([]*mail.Address, error) {
 	out := make([]*mail.Address, len(as))
 	for i, a := range as {
-		out[i] = mailAddr(a)
+		addr, err := queue.ASCIIAddress(a.Address)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		out[i] = &mail.Address{Name: a.Name, Address: addr}
 	}
-	return out
+	return out, nil
 }

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -283,7 +284,11 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		failAll(queue.ReasonExpired, fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge))
 	default:
 		var buildErr error
-		results, lastReply, throttle, buildErr = w.deliver(ctx, e, pending)
+		var why string
+		results, lastReply, throttle, why, buildErr = w.deliver(ctx, e, pending)
+		if why != "" {
+			reason = why
+		}
 		if buildErr != nil {
 			// The message could not be built: nothing will fix that.
 			failAll(queue.ReasonInvalid, oneLine(buildErr.Error()))
@@ -397,21 +402,45 @@ const saveRetryFor = 20 * time.Second
 // deliver sends e to the pending recipients and judges each one. A
 // transaction that fails before any RCPT on a reused connection (the server
 // closed it while idle) is tried once more on a fresh connection.
-func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool, error) {
-	msg, err := BuildMessage(e)
+//
+// It returns each recipient's result, the reply to report as the last
+// error, whether the relay throttled, the failure reason when sendq itself
+// refused recipients (RefusedError), and an error when the message could
+// not be built.
+func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool, string, error) {
+	raw, env, err := prepare(e)
 	if err != nil {
-		return map[string]queue.RecipientResult{}, queue.Reply{}, false, fmt.Errorf("build message: %w", err)
+		return map[string]queue.RecipientResult{}, queue.Reply{}, false, "", err
 	}
-	env := Envelope{From: e.EnvelopeFrom(), To: pending, DSN: e.DeliveryReceipt}
-	var res *TxResult
-	for try := 0; try < 2; try++ {
+	// The envelope carries each domain in ASCII (IDNA); the record keeps
+	// the addresses as given.
+	// Two addresses that differ only there are one recipient.
+	wire := make(map[string]string, len(pending))
+	seen := make(map[string]bool, len(pending))
+	refused := map[string]error{}
+	for _, r := range pending {
+		a, err := queue.ASCIIAddress(r)
+		if err != nil {
+			refused[r] = &RefusedError{Reason: queue.ReasonInvalid, EnhancedCode: "5.1.3", Msg: err.Error()}
+			continue
+		}
+		wire[r] = a
+		if !seen[a] {
+			seen[a] = true
+			env.To = append(env.To, a)
+		}
+	}
+	msg := bytes.NewReader(raw)
+	res := &TxResult{Rcpt: map[string]error{}}
+	for try := 0; try < 2 && len(env.To) > 0; try++ {
+		msg.Reset(raw)
 		if err := w.waitTurn(ctx); err != nil {
-			res = (&TxResult{Rcpt: map[string]error{}}).failAll(pending, err, false)
+			res = (&TxResult{Rcpt: map[string]error{}}).failAll(env.To, err, false)
 			break
 		}
 		conn, err := w.pool.Get(ctx)
 		if err != nil {
-			res = (&TxResult{Rcpt: map[string]error{}}).failAll(pending, err, true)
+			res = (&TxResult{Rcpt: map[string]error{}}).failAll(env.To, err, true)
 			break
 		}
 		t0 := w.now()
@@ -431,9 +460,25 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) 
 	out := make(map[string]queue.RecipientResult, len(pending))
 	var last queue.Reply
 	throttle := false
+	reason := ""
 	for _, r := range pending {
-		v, reply := Classify(res.Rcpt[r])
-		w.m.SMTPReplies.WithLabelValues(replyClass(reply)).Inc()
+		err, ok := refused[r]
+		if !ok {
+			err = res.Rcpt[wire[r]]
+		}
+		v, reply := Classify(err)
+		var re *RefusedError
+		switch {
+		case errors.As(err, &re):
+			// Never offered to the relay: no reply to count.
+			reason = re.Reason
+		case v == Accepted && res.Delivered:
+			// The reply to the end of DATA, with the relay's queue id.
+			reply = res.Reply
+			fallthrough
+		default:
+			w.m.SMTPReplies.WithLabelValues(replyClass(reply)).Inc()
+		}
 		st := queue.RecipientSent
 		switch v {
 		case Transient:
@@ -452,7 +497,37 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, pending []string) 
 	} else if res.Delivered {
 		w.cooldown.Store(0)
 	}
-	return out, last, throttle, nil
+	return out, last, throttle, reason, nil
+}
+
+// prepare builds e's message, writes it out once for every try, and
+// returns it with the envelope that declares it: sender (its domain in
+// ASCII), envelope id, size, and whether it needs SMTPUTF8 or 8BITMIME.
+// The recipients are the caller's.
+func prepare(e *queue.Email) ([]byte, Envelope, error) {
+	from, err := queue.ASCIIAddress(e.EnvelopeFrom())
+	if err != nil {
+		return nil, Envelope{}, fmt.Errorf("envelope sender: %w", err)
+	}
+	m, err := BuildMessage(e)
+	if err != nil {
+		return nil, Envelope{}, fmt.Errorf("build message: %w", err)
+	}
+	var buf bytes.Buffer
+	if _, err := m.WriteTo(&buf); err != nil {
+		return nil, Envelope{}, fmt.Errorf("build message: %w", err)
+	}
+	if !bytes.HasSuffix(buf.Bytes(), []byte("\r\n")) {
+		// The DATA dot-writer would add it; SIZE= counts it too.
+		buf.WriteString("\r\n")
+	}
+	raw := buf.Bytes()
+	head := raw
+	if i := bytes.Index(raw, []byte("\r\n\r\n")); i >= 0 {
+		head = raw[:i]
+	}
+	return raw, Envelope{From: from, DSN: e.DeliveryReceipt, EnvID: e.ID, Size: int64(len(raw)),
+		UTF8Header: !isASCII(string(head)), EightBit: !isASCII(string(raw))}, nil
 }
 
 // waitTurn blocks until this process may open a transaction: after any
