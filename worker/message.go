@@ -27,9 +27,9 @@ func MessageID(e *queue.Email) string {
 }
 
 // BuildMessage turns a queued email into a go-mail message: headers From,
-// To, Cc (never Bcc), Subject, Date, Message-ID, Importance,
-// Disposition-Notification-To; a text/html or text/plain body;
-// attachments, and inline parts for those with a Content-ID.
+// To, Cc (never Bcc), Subject, Date, Message-ID, Importance with its
+// Priority headers, Disposition-Notification-To; a text/html or text/plain
+// body; attachments, and inline parts for those with a Content-ID.
 //
 // Date is SendAt for a scheduled email (else the time it was accepted): the
 // same on every attempt. Domains are written in ASCII (IDNA); a non-ASCII
@@ -56,18 +56,27 @@ func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
 		}
 		m.CcMailAddress(cc...)
 	}
-	m.Subject(e.Subject)
+	m.SetGenHeaderPreformatted(gomail.HeaderSubject, subjectValue(e.Subject))
 	m.SetMessageIDWithValue(MessageID(e))
 	date := e.CreatedAt
 	if e.SendAt.After(date) {
 		date = e.SendAt
 	}
 	m.SetDateWithValue(date)
+	// The values each header's readers know: Importance (RFC 2156),
+	// Priority (RFC 2156: urgent, normal, non-urgent), X-Priority (1 to
+	// 5) and Outlook's X-MSMail-Priority (High, Normal, Low).
 	switch e.Importance {
 	case queue.ImportanceHigh:
-		m.SetImportance(gomail.ImportanceHigh)
+		m.SetGenHeader(gomail.HeaderImportance, "high")
+		m.SetGenHeader(gomail.HeaderPriority, "urgent")
+		m.SetGenHeader(gomail.HeaderXPriority, "1")
+		m.SetGenHeader(gomail.HeaderXMSMailPriority, "High")
 	case queue.ImportanceLow:
-		m.SetImportance(gomail.ImportanceLow)
+		m.SetGenHeader(gomail.HeaderImportance, "low")
+		m.SetGenHeader(gomail.HeaderPriority, "non-urgent")
+		m.SetGenHeader(gomail.HeaderXPriority, "5")
+		m.SetGenHeader(gomail.HeaderXMSMailPriority, "Low")
 	}
 	if e.ReadReceipt != "" {
 		rr, err := queue.ASCIIAddress(e.ReadReceipt)
@@ -87,16 +96,12 @@ func BuildMessage(e *queue.Email) (*gomail.Msg, error) {
 	// "\r<encoded bytes>\n" ("\r둘째\n" becomes "\r\n둘째").
 	m.SetBodyString(ct, crlf.Replace(e.Body))
 	for i, a := range e.Attachments {
-		opts := []gomail.FileOption{}
-		if a.ContentType != "" {
-			opts = append(opts, gomail.WithFileContentType(gomail.ContentType(a.ContentType)))
-		}
 		var err error
 		if a.ContentID != "" {
-			opts = append(opts, gomail.WithFileContentID("<"+a.ContentID+">"))
-			err = m.EmbedReader(a.FileName, bytes.NewReader(a.Data), opts...)
+			err = m.EmbedReader(a.FileName, bytes.NewReader(a.Data), partHeader(a, "inline"),
+				gomail.WithFileContentID("<"+a.ContentID+">"))
 		} else {
-			err = m.AttachReader(a.FileName, bytes.NewReader(a.Data), opts...)
+			err = m.AttachReader(a.FileName, bytes.NewReader(a.Data), partHeader(a, "attachment"))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("attachment %d: %w", i, err)
