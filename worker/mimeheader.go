@@ -127,7 +127,7 @@ func contentType(mt string, params map[string]string) string {
 // sections filename*0*=, filename*1*= … when it does not fit on a line).
 func fileNameParam(name string) string {
 	if printableASCII(name) {
-		return ` filename="` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(name) + `"`
+		return ` filename="` + quotedPair.Replace(name) + `"`
 	}
 	// Percent-encode each character whole, so that no line splits one.
 	var pieces []string
@@ -173,6 +173,10 @@ func fileNameParam(name string) string {
 	}
 	return b.String()
 }
+
+// quotedPair escapes a quoted-string's backslashes and quotes (the intake
+// refuses both in file names; a name queued before stays whole).
+var quotedPair = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 
 // isAttrChar reports an RFC 2231 attribute-char: printable ASCII but
 // space, "*", "'", "%" and the RFC 2045 tspecials.
