@@ -2,12 +2,15 @@
 # Installs what the test suite needs from Debian's packages when it is
 # missing: redis-server and redis-cli (the tests start their own private
 # servers and a 3-node cluster on free loopback ports; they never use a
-# Redis that is already running) and chromium (the web UI test).
+# Redis that is already running), chromium (the web UI test) and python3
+# (its email package reads the messages sendq delivers, as a second strict
+# parser).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -21,4 +24,4 @@ if [ "$(id -u)" != "0" ]; then
 fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v chromium >/dev/null
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v chromium >/dev/null && command -v python3 >/dev/null
