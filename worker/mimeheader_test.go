@@ -192,7 +192,7 @@ func TestBuildMessageFileNames(t *testing.T) {
 		{"résumé.pdf", "resume.pdf"},
 		{"견적서 (최종).xlsx", "attachment.xlsx"},
 		{"Angebot für Müller & Söhne.docx", "Angebot fur Muller & Sohne.docx"},
-		{strings.Repeat("보고서", 28) + ".pdf", "attachment.pdf"}, // 252 bytes
+		{strings.Repeat("보고서", 27) + ".pdf", "attachment.pdf"}, // 247 bytes, near the intake's 255
 		{"2024 실적 보고서.pdf", "2024 _ _.pdf"},
 		{"😀.png", "attachment.png"},
 		{"it's 100% *done*; ok=yes.txt", "it's 100% *done*; ok=yes.txt"},

@@ -77,7 +77,7 @@ func TestDeliveredMessagesReadCleanlyInPython(t *testing.T) {
 		{"attachments with non-ASCII names", func(e *queue.Email) { e.Subject = "Files" }, []file{
 			{"견적서 (최종).xlsx", "", "\x00\x01\x02\xfa\xfb"},
 			{"résumé.pdf", "application/pdf", "%PDF-1.4\n"},
-			{strings.Repeat("보고서", 28) + ".pdf", "application/pdf", "%PDF-1.7\n"},
+			{strings.Repeat("보고서", 27) + ".pdf", "application/pdf", "%PDF-1.7\n"},
 			{"Angebot für Müller & Söhne.docx", "", "PK\x03\x04"},
 			{"lead.pdf", "application/pdf", "%PDF-1.4\n\x00\xff"},
 		}},
