@@ -82,7 +82,7 @@ var Routes = []string{
 
 // Reasons are queue.Reasons (metrics does not import queue; a test keeps
 // the two lists equal).
-var Reasons = []string{"permanent", "transient", "expired", "canceled", "invalid"}
+var Reasons = []string{"permanent", "transient", "expired", "canceled", "invalid", "too_large", "unsupported", "archived"}
 
 // New registers sendq's collectors, the Go and process collectors and a
 // build-info gauge on reg. gatherer serves /metrics.

@@ -131,6 +131,10 @@ func checkAddrSpec(addr string) error {
 			}
 		}
 	}
+	// The worker sends an internationalised domain as IDNA A-labels.
+	if _, err := queue.ASCIIAddress(addr); err != nil {
+		return err
+	}
 	return nil
 }
 

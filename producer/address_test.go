@@ -140,6 +140,12 @@ func TestParseAddressRejects(t *testing.T) {
 		{"invalid utf-8 in name", "\xffAnn <a@example.com>"},
 		{"truncated utf-8", "Ann\xe2\x82 <a@example.com>"},
 		{"group syntax", "undisclosed-recipients:;"},
+		// The worker sends an internationalised domain as IDNA A-labels:
+		// one that has none is refused here (issue 11).
+		{"domain label starting with a combining mark", "a@\u0301b.example"},
+		{"domain label breaking the bidi rule", "a@bא.example"},
+		{"domain with a joiner out of context", "a@b\u200dc.example"},
+		{"domain too long as A-labels", "a@" + strings.Repeat("ü", 60) + ".example"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -881,6 +881,9 @@ func decodeAttachment(raw []byte, label string) (queue.Attachment, error) {
 		}
 		a.ContentType = mime.FormatMediaType(mt, params)
 	}
+	if err := checkUnencoded(label, a); err != nil {
+		return a, err
+	}
 	if a.ContentID, err = get("ContentId"); err != nil {
 		return a, err
 	}

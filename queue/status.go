@@ -149,7 +149,16 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 		st.Status = StatusQueued
 	}
 	if st.Status == StatusFailed && st.FailureReason == "" {
-		st.FailureReason = ReasonTransient
+		// sendq's worker writes the reason whenever it fails an email.
+		// Without one, asynq archived the task by itself: after its
+		// attempts ran out with the worker dying each time (a lost lease
+		// counts as a failed attempt, and leaves an error), or on request
+		// from outside sendq (asynq's CLI or web UI), maybe before any
+		// attempt.
+		st.FailureReason = ReasonArchived
+		if info.Retried >= info.MaxRetry && info.LastErr != "" {
+			st.FailureReason = ReasonTransient
+		}
 	}
 	for _, kind := range []struct {
 		name string

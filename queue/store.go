@@ -27,10 +27,21 @@ const (
 	ReasonExpired   = "expired"   // older than the maximum age
 	ReasonCanceled  = "canceled"  // canceled through the API
 	ReasonInvalid   = "invalid"   // the task could not be decoded or built
+	// ReasonTooLarge: the message is larger than the relay's advertised
+	// SIZE (RFC 1870); it was not uploaded.
+	ReasonTooLarge = "too_large"
+	// ReasonUnsupported: the relay does not offer an extension the message
+	// needs (SMTPUTF8 for a non-ASCII address or header, 8BITMIME for 8-bit
+	// content); it was not offered to the relay.
+	ReasonUnsupported = "unsupported"
+	// ReasonArchived: the task was archived from outside sendq (asynq's
+	// CLI or web UI) before sendq's worker finished it.
+	ReasonArchived = "archived"
 )
 
 // Reasons lists every failure reason, for initialising metric labels.
-var Reasons = []string{ReasonPermanent, ReasonTransient, ReasonExpired, ReasonCanceled, ReasonInvalid}
+var Reasons = []string{ReasonPermanent, ReasonTransient, ReasonExpired, ReasonCanceled, ReasonInvalid,
+	ReasonTooLarge, ReasonUnsupported, ReasonArchived}
 
 // Reply is what an SMTP server last said about a recipient.
 type Reply struct {

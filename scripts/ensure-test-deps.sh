@@ -2,7 +2,9 @@
 # Installs what the test suite needs from Debian's packages when it is
 # missing: redis-server and redis-cli (the tests start their own private
 # servers, a TLS one and a 3-node cluster on free loopback ports; they never
-# use a Redis that is already running), chromium (the web UI test),
+# use a Redis that is already running), chromium (the web UI test), python3
+# (its email package reads the messages sendq delivers, as a second strict
+# parser),
 # python3-dkim (dkimpy, the second DKIM verifier), spamassassin (its local
 # rules judge sendq's messages) and prometheus (for promtool: the alert
 # rules' tests and the /metrics lint; about 19 MB to download, nothing is
@@ -12,6 +14,7 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v dkimverify >/dev/null 2>&1 || need+=(python3-dkim)
 command -v spamassassin >/dev/null 2>&1 || need+=(spamassassin)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
@@ -28,6 +31,6 @@ if [ "$(id -u)" != "0" ]; then
 fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-for c in redis-server redis-cli chromium dkimverify spamassassin promtool; do
+for c in redis-server redis-cli chromium python3 dkimverify spamassassin promtool; do
   command -v "$c" >/dev/null || { echo "ensure-test-deps: $c still missing" >&2; exit 1; }
 done

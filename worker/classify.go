@@ -40,7 +40,8 @@ var enhancedRe = regexp.MustCompile(`^([245])\.(\d{1,3})\.(\d{1,3})\b`)
 // permanent, except that an enhanced code of class 4 (4.x.x) on a 5xx reply
 // and 552 to RCPT (RFC 5321 4.5.3.1.10) are treated as transient. Anything
 // without a reply (refused, reset, EOF, timeout) is transient: the server
-// never judged the message.
+// never judged the message. A *RefusedError (sendq did not offer the
+// message: the relay lacks what it needs) is permanent.
 func Classify(err error) (Verdict, queue.Reply) {
 	if err == nil {
 		return Accepted, queue.Reply{Code: 250}
@@ -56,15 +57,15 @@ func Classify(err error) (Verdict, queue.Reply) {
 		}
 		return Transient, r
 	}
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return Permanent, queue.Reply{EnhancedCode: re.EnhancedCode, Message: re.Msg}
+	}
 	var tp *textproto.Error
 	if !errors.As(err, &tp) {
 		return Transient, queue.Reply{Message: errorText(err)}
 	}
-	r := queue.Reply{Code: tp.Code, Message: oneLine(tp.Msg)}
-	if m := enhancedRe.FindStringSubmatch(r.Message); m != nil {
-		r.EnhancedCode = m[0]
-		r.Message = strings.TrimSpace(strings.TrimPrefix(r.Message, m[0]))
-	}
+	r := parseReply(tp.Code, tp.Msg)
 	switch {
 	case tp.Code >= 200 && tp.Code < 300:
 		return Accepted, r
@@ -80,6 +81,31 @@ func Classify(err error) (Verdict, queue.Reply) {
 		return Transient, r
 	}
 }
+
+// parseReply splits an SMTP reply's text into its enhanced status code
+// (RFC 3463), when it starts with one, and the rest, on one line.
+func parseReply(code int, text string) queue.Reply {
+	r := queue.Reply{Code: code, Message: oneLine(text)}
+	if m := enhancedRe.FindStringSubmatch(r.Message); m != nil {
+		r.EnhancedCode = m[0]
+		r.Message = strings.TrimSpace(strings.TrimPrefix(r.Message, m[0]))
+	}
+	return r
+}
+
+// RefusedError is a recipient sendq did not offer to the relay because the
+// relay lacks what the message needs (room for its size, 8BITMIME,
+// SMTPUTF8) or because its address has no form SMTP can carry (a domain
+// with no IDNA form, which the intake refuses). It is permanent: every
+// retry would meet the same relay. It carries the enhanced status code (RFC
+// 3463) a server would give, and no reply code: the relay never answered.
+type RefusedError struct {
+	Reason       string // queue.ReasonTooLarge, ReasonUnsupported or ReasonInvalid
+	EnhancedCode string
+	Msg          string
+}
+
+func (e *RefusedError) Error() string { return e.EnhancedCode + " " + e.Msg }
 
 // DialError is a failure to open an SMTP session: connect, greeting, EHLO,
 // STARTTLS or AUTH. Whatever the server said, it is transient.

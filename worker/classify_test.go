@@ -74,6 +74,9 @@ func TestParseRelay(t *testing.T) {
 		{"smtp://h:25?tls=none&pipelining=false", "smtp://h:25?pipelining=false&tls=none", false},
 		{"smtp://h:25?pipelining=true", "smtp://h:25?tls=starttls", false},
 		{"smtp://h?pipelining=no", "", true},
+		{"smtp://h:587?tls_skip_verify=true", "smtp://h:587?tls=starttls&tls_skip_verify=true", false},
+		{"smtps://u:p@h?tls_skip_verify=true", "smtps://u@h:465?auth=plain&tls_skip_verify=true", false},
+		{"smtp://h:587?tls_skip_verify=false", "smtp://h:587?tls=starttls", false},
 	}
 	for _, tt := range tests {
 		r, err := ParseRelay(tt.url)

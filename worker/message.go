@@ -27,34 +27,68 @@ func MessageID(e *queue.Email) string {
 }
 
 // BuildMessage turns a queued email into a go-mail message: headers From,
-// To, Cc (never Bcc), Subject, Date (the time it was accepted), Message-ID,
-// Importance, Disposition-Notification-To; a text/html or text/plain body;
-// attachments, and inline parts for those with a Content-ID. The options
-// add what the email does not say (WithTextPart).
+// To, Cc (never Bcc), Subject, Date, Message-ID, Importance with its
+// Priority headers, Disposition-Notification-To; a text/html or text/plain
+// body; attachments, and inline parts for those with a Content-ID. The
+// options add what the email does not say (WithTextPart).
+//
+// Date is SendAt for a scheduled email (else the time it was accepted): the
+// same on every attempt. Domains are written in ASCII (IDNA); a non-ASCII
+// local part stays UTF-8 (RFC 6532), which the relay must carry with
+// SMTPUTF8.
 func BuildMessage(e *queue.Email, options ...MessageOption) (*gomail.Msg, error) {
 	var o messageOptions
 	for _, opt := range options {
 		opt(&o)
 	}
 	m := gomail.NewMsg(gomail.WithNoDefaultUserAgent())
-	m.FromMailAddress(mailAddr(e.From))
+	from, err := headerAddrs("From", []queue.Address{e.From})
+	if err != nil {
+		return nil, err
+	}
+	m.FromMailAddress(from[0])
 	if len(e.To) > 0 {
-		m.ToMailAddress(mailAddrs(e.To)...)
+		to, err := headerAddrs("To", e.To)
+		if err != nil {
+			return nil, err
+		}
+		m.ToMailAddress(to...)
 	}
 	if len(e.Cc) > 0 {
-		m.CcMailAddress(mailAddrs(e.Cc)...)
+		cc, err := headerAddrs("Cc", e.Cc)
+		if err != nil {
+			return nil, err
+		}
+		m.CcMailAddress(cc...)
 	}
-	m.Subject(e.Subject)
+	m.SetGenHeaderPreformatted(gomail.HeaderSubject, subjectValue(e.Subject))
 	m.SetMessageIDWithValue(MessageID(e))
-	m.SetDateWithValue(e.CreatedAt)
+	date := e.CreatedAt
+	if e.SendAt.After(date) {
+		date = e.SendAt
+	}
+	m.SetDateWithValue(date)
+	// The values each header's readers know: Importance (RFC 2156),
+	// Priority (RFC 2156: urgent, normal, non-urgent), X-Priority (1 to
+	// 5) and Outlook's X-MSMail-Priority (High, Normal, Low).
 	switch e.Importance {
 	case queue.ImportanceHigh:
-		m.SetImportance(gomail.ImportanceHigh)
+		m.SetGenHeader(gomail.HeaderImportance, "high")
+		m.SetGenHeader(gomail.HeaderPriority, "urgent")
+		m.SetGenHeader(gomail.HeaderXPriority, "1")
+		m.SetGenHeader(gomail.HeaderXMSMailPriority, "High")
 	case queue.ImportanceLow:
-		m.SetImportance(gomail.ImportanceLow)
+		m.SetGenHeader(gomail.HeaderImportance, "low")
+		m.SetGenHeader(gomail.HeaderPriority, "non-urgent")
+		m.SetGenHeader(gomail.HeaderXPriority, "5")
+		m.SetGenHeader(gomail.HeaderXMSMailPriority, "Low")
 	}
 	if e.ReadReceipt != "" {
-		if err := m.RequestMDNTo(e.ReadReceipt); err != nil {
+		rr, err := queue.ASCIIAddress(e.ReadReceipt)
+		if err != nil {
+			return nil, fmt.Errorf("read receipt: %w", err)
+		}
+		if err := m.RequestMDNTo(rr); err != nil {
 			return nil, fmt.Errorf("read receipt: %w", err)
 		}
 	}
@@ -74,16 +108,12 @@ func BuildMessage(e *queue.Email, options ...MessageOption) (*gomail.Msg, error)
 		m.SetBodyString(ct, crlf.Replace(e.Body))
 	}
 	for i, a := range e.Attachments {
-		opts := []gomail.FileOption{}
-		if a.ContentType != "" {
-			opts = append(opts, gomail.WithFileContentType(gomail.ContentType(a.ContentType)))
-		}
 		var err error
 		if a.ContentID != "" {
-			opts = append(opts, gomail.WithFileContentID("<"+a.ContentID+">"))
-			err = m.EmbedReader(a.FileName, bytes.NewReader(a.Data), opts...)
+			err = m.EmbedReader(a.FileName, bytes.NewReader(a.Data), partHeader(a, "inline"),
+				gomail.WithFileContentID("<"+a.ContentID+">"))
 		} else {
-			err = m.AttachReader(a.FileName, bytes.NewReader(a.Data), opts...)
+			err = m.AttachReader(a.FileName, bytes.NewReader(a.Data), partHeader(a, "attachment"))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("attachment %d: %w", i, err)
@@ -95,12 +125,16 @@ func BuildMessage(e *queue.Email, options ...MessageOption) (*gomail.Msg, error)
 // crlf turns every line break, CRLF, CR or LF, into CRLF.
 var crlf = strings.NewReplacer("\r\n", "\r\n", "\r", "\r\n", "\n", "\r\n")
 
-func mailAddr(a queue.Address) *mail.Address { return &mail.Address{Name: a.Name, Address: a.Address} }
-
-func mailAddrs(as []queue.Address) []*mail.Address {
+// headerAddrs returns the addresses of a header with their domains in
+// ASCII.
+func headerAddrs(field string, as []queue.Address) ([]*mail.Address, error) {
 	out := make([]*mail.Address, len(as))
 	for i, a := range as {
-		out[i] = mailAddr(a)
+		addr, err := queue.ASCIIAddress(a.Address)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		out[i] = &mail.Address{Name: a.Name, Address: addr}
 	}
-	return out
+	return out, nil
 }

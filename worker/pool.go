@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	gomail "github.com/wneessen/go-mail"
 	"github.com/wneessen/go-mail/smtp"
 
 	"github.com/sendq/sendq/metrics"
+	"github.com/sendq/sendq/queue"
 )
 
 // PoolConfig configures a Pool. Zero values take the documented defaults.
@@ -76,7 +79,9 @@ type Conn struct {
 	// the server closed it while idle.
 	Reused bool
 	// What the server announced in its EHLO reply.
-	dsn, pipelining, eightBit, utf8 bool
+	dsn, pipelining, eightBit, utf8, size bool
+	// maxSize is the limit of the SIZE keyword (RFC 1870), 0 for none.
+	maxSize int64
 }
 
 // NewPool returns a pool of connections to relay. It starts an idle
@@ -167,6 +172,12 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	conn.pipelining = conn.pipelining && !p.cfg.noPipelining
 	conn.eightBit, _ = c.Extension("8BITMIME")
 	conn.utf8, _ = c.Extension("SMTPUTF8")
+	var limit string
+	if conn.size, limit = c.Extension("SIZE"); conn.size {
+		if n, err := strconv.ParseInt(strings.TrimSpace(limit), 10, 64); err == nil && n > 0 {
+			conn.maxSize = n
+		}
+	}
 	return conn, nil
 }
 
@@ -278,13 +289,28 @@ func (p *Pool) Close() {
 	}
 }
 
-// Envelope is one SMTP transaction's sender and recipients.
+// Envelope is one SMTP transaction's sender and recipients, and what the
+// transaction must declare about the message.
 type Envelope struct {
 	From string
 	To   []string
 	// DSN asks for delivery status notifications (RFC 3461) where the
 	// server offers the extension.
 	DSN bool
+	// EnvID goes with DSN as ENVID= (RFC 3461): a DSN then names the
+	// email it is about. The worker sets the email id.
+	EnvID string
+	// Size is the message's size in octets, with CRLF line ends and
+	// before dot-stuffing (RFC 1870). Where the server offers SIZE it is
+	// declared on MAIL FROM, and a message over the server's limit is
+	// not sent at all. Zero: not declared.
+	Size int64
+	// UTF8Header says the message's header holds raw UTF-8 (RFC 6532):
+	// like a non-ASCII address, it needs SMTPUTF8 (RFC 6531).
+	UTF8Header bool
+	// EightBit says the message holds octets above 127: it needs
+	// 8BITMIME (RFC 6152).
+	EightBit bool
 }
 
 // TxResult is what one SMTP transaction yielded.
@@ -294,6 +320,9 @@ type TxResult struct {
 	Rcpt map[string]error
 	// Delivered is true once the server answered 250 to the end of DATA.
 	Delivered bool
+	// Reply is that 250 reply once Delivered, its text included: a relay
+	// names its queue id there (Postfix: "2.0.0 Ok: queued as 034D2DE4CF").
+	Reply queue.Reply
 	// Broken is true when the connection must not be reused.
 	Broken bool
 	// BeforeRcpt is true when the transaction failed before any RCPT was
@@ -306,112 +335,170 @@ type TxResult struct {
 // by one: a rejected RCPT does not stop the others. Nothing after the 250 to
 // the final dot can undo delivery.
 //
+// What the server lacks is judged before any command: a message over its
+// SIZE, 8-bit content without 8BITMIME, or UTF-8 without SMTPUTF8 fails
+// with a *RefusedError and is never uploaded; without SMTPUTF8 a recipient
+// with a non-ASCII address fails alone, unless the sender or the header
+// needs UTF-8 too. SMTPUTF8 is asked for only when the envelope or the
+// header needs it: a server then may write its bounces as
+// message/global-delivery-status, which few bounce parsers read.
+//
 // When the server offers PIPELINING (RFC 2920; Postfix, Exchange, SES and
 // the other large relays do), MAIL, every RCPT and DATA go out in one write
 // and their replies are read together: two round trips per message instead
 // of three plus one per recipient.
 func (c *Conn) Send(ctx context.Context, timeout time.Duration, env Envelope, msg io.WriterTo) *TxResult {
 	res := &TxResult{Rcpt: make(map[string]error, len(env.To))}
+	if strings.ContainsAny(env.From, "\r\n") || slices.ContainsFunc(env.To, func(a string) bool { return strings.ContainsAny(a, "\r\n") }) {
+		// The intake refuses these; never let one split a command.
+		return res.failAll(env.To, errors.New("send MAIL FROM: an address contains CR or LF"), false)
+	}
+	to, needUTF8 := c.refuse(env, res)
+	if len(to) == 0 {
+		return res
+	}
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
 		timeout = time.Until(d)
 	}
 	if err := c.c.UpdateDeadline(timeout); err != nil {
-		return res.failAll(env.To, err, true)
+		return res.failAll(to, err, true)
 	}
+	mail := c.mailCommand(env, needUTF8)
 	if c.pipelining {
-		return c.sendPipelined(env, msg, res)
+		return c.sendPipelined(env, to, mail, msg, res)
 	}
-	if env.DSN && c.dsn {
-		c.c.SetDSNMailReturnOption("HDRS")
-		c.c.SetDSNRcptNotifyOption("SUCCESS,FAILURE,DELAY")
-	} else {
-		c.c.SetDSNMailReturnOption("")
-		c.c.SetDSNRcptNotifyOption("")
-	}
-	if err := c.c.Mail("<" + env.From + ">"); err != nil {
+	if _, _, err := c.cmd(mail, 250); err != nil {
 		res.BeforeRcpt = true
-		return res.failAll(env.To, fmt.Errorf("send MAIL FROM: %w", err), closesConn(err)).reset(c)
+		return res.failAll(to, fmt.Errorf("send MAIL FROM: %w", err), closesConn(err)).reset(c)
 	}
-	accepted, ok := res.judgeRcpts(env.To, func(rcpt string) error { return c.c.Rcpt("<" + rcpt + ">") })
+	accepted, ok := res.judgeRcpts(to, func(rcpt string) error {
+		_, _, err := c.cmd(c.rcptCommand(env, rcpt), 25)
+		return err
+	})
 	if !ok {
 		return res
 	}
 	if len(accepted) == 0 {
 		return res.reset(c)
 	}
-	w, err := c.c.Data()
-	if err != nil {
+	if _, _, err := c.cmd("DATA", 354); err != nil {
 		return res.failAll(accepted, fmt.Errorf("send DATA: %w", err), closesConn(err)).reset(c)
-	}
-	if _, err := msg.WriteTo(w); err != nil {
-		// The message was cut off: the connection is in an unknown state.
-		_ = w.Close()
-		return res.failAll(accepted, fmt.Errorf("write message: %w", err), true)
-	}
-	if err := w.Close(); err != nil {
-		// A reply after the final dot is the server's verdict on the
-		// message; no reply leaves it unknown (it may have been
-		// delivered): transient, and the retry carries the same
-		// Message-ID so the receiver can drop a duplicate.
-		return res.failAll(accepted, fmt.Errorf("end DATA: %w", err), closesConn(err)).reset(c)
-	}
-	res.Delivered = true
-	for _, r := range accepted {
-		res.Rcpt[r] = nil
 	}
 	// The 250 to the final dot ends the transaction (RFC 5321 4.1.1.4):
 	// the next MAIL starts a new one without an RSET round trip. A
 	// connection that died meanwhile shows at that MAIL, before any RCPT,
 	// and the worker redials at once.
-	return res
+	return c.writeData(msg, accepted, res)
+}
+
+// refuse fails, in res, the recipients the server cannot take this message
+// for, and returns the others and whether the transaction needs SMTPUTF8.
+func (c *Conn) refuse(env Envelope, res *TxResult) (to []string, needUTF8 bool) {
+	switch {
+	case c.maxSize > 0 && env.Size > c.maxSize:
+		res.failAll(env.To, &RefusedError{Reason: queue.ReasonTooLarge, EnhancedCode: "5.3.4",
+			Msg: fmt.Sprintf("the message is %d bytes, over the relay's SIZE limit of %d bytes (RFC 1870): not uploaded", env.Size, c.maxSize)}, false)
+		return nil, false
+	case env.EightBit && !c.eightBit:
+		res.failAll(env.To, &RefusedError{Reason: queue.ReasonUnsupported, EnhancedCode: "5.6.3",
+			Msg: "the message holds 8-bit content and the relay does not offer 8BITMIME (RFC 6152)"}, false)
+		return nil, false
+	}
+	needUTF8 = env.UTF8Header || !isASCII(env.From) || slices.ContainsFunc(env.To, func(a string) bool { return !isASCII(a) })
+	if !needUTF8 || c.utf8 {
+		return env.To, needUTF8
+	}
+	switch {
+	case !isASCII(env.From):
+		res.failAll(env.To, &RefusedError{Reason: queue.ReasonUnsupported, EnhancedCode: "5.6.7",
+			Msg: "the sender address is not ASCII and the relay does not offer SMTPUTF8 (RFC 6531)"}, false)
+		return nil, false
+	case env.UTF8Header:
+		res.failAll(env.To, &RefusedError{Reason: queue.ReasonUnsupported, EnhancedCode: "5.6.9",
+			Msg: "the message header holds a non-ASCII address and the relay does not offer SMTPUTF8 (RFC 6531)"}, false)
+		return nil, false
+	}
+	for _, a := range env.To {
+		if isASCII(a) {
+			to = append(to, a)
+			continue
+		}
+		res.Rcpt[a] = &RefusedError{Reason: queue.ReasonUnsupported, EnhancedCode: "5.6.7",
+			Msg: "the address is not ASCII and the relay does not offer SMTPUTF8 (RFC 6531)"}
+	}
+	return to, false
+}
+
+// mailCommand is the MAIL FROM line of env, with the parameters the server
+// offers and the message needs.
+func (c *Conn) mailCommand(env Envelope, needUTF8 bool) string {
+	var b strings.Builder
+	b.WriteString("MAIL FROM:<" + env.From + ">")
+	if c.eightBit {
+		b.WriteString(" BODY=8BITMIME")
+	}
+	if needUTF8 {
+		b.WriteString(" SMTPUTF8")
+	}
+	if c.size && env.Size > 0 {
+		b.WriteString(" SIZE=" + strconv.FormatInt(env.Size, 10))
+	}
+	if env.DSN && c.dsn {
+		b.WriteString(" RET=HDRS")
+		if env.EnvID != "" {
+			b.WriteString(" ENVID=" + xtext(env.EnvID))
+		}
+	}
+	return b.String()
+}
+
+// rcptCommand is the RCPT TO line of one recipient of env.
+func (c *Conn) rcptCommand(env Envelope, rcpt string) string {
+	if env.DSN && c.dsn {
+		return "RCPT TO:<" + rcpt + "> NOTIFY=SUCCESS,FAILURE,DELAY"
+	}
+	return "RCPT TO:<" + rcpt + ">"
+}
+
+// cmd sends one command line and reads its reply.
+func (c *Conn) cmd(line string, expect int) (int, string, error) {
+	text := c.c.Text
+	text.W.WriteString(line + "\r\n") // buffered: any error shows at the Flush
+	if err := text.W.Flush(); err != nil {
+		return 0, "", err
+	}
+	return text.ReadResponse(expect)
 }
 
 // sendPipelined is Send's transaction as one command group: MAIL, the
 // RCPTs and DATA in one write, then their replies in order, then the
 // message (after a 354) and its reply. The outcomes are judged exactly as
 // Send judges the replies one by one.
-func (c *Conn) sendPipelined(env Envelope, msg io.WriterTo, res *TxResult) *TxResult {
-	if strings.ContainsAny(env.From, "\r\n") || slices.ContainsFunc(env.To, func(a string) bool { return strings.ContainsAny(a, "\r\n") }) {
-		// The intake refuses these; never let one split a command.
-		return res.failAll(env.To, errors.New("send MAIL FROM: an address contains CR or LF"), false)
-	}
-	dsn := env.DSN && c.dsn
+func (c *Conn) sendPipelined(env Envelope, to []string, mail string, msg io.WriterTo, res *TxResult) *TxResult {
 	text := c.c.Text
 	cw := text.W // buffered: one write at the Flush
-	cw.WriteString("MAIL FROM:<" + env.From + ">")
-	if c.eightBit {
-		cw.WriteString(" BODY=8BITMIME")
-	}
-	if c.utf8 {
-		cw.WriteString(" SMTPUTF8")
-	}
-	if dsn {
-		cw.WriteString(" RET=HDRS")
-	}
+	cw.WriteString(mail)
 	cw.WriteString("\r\n")
-	for _, rcpt := range env.To {
-		cw.WriteString("RCPT TO:<" + rcpt + ">")
-		if dsn {
-			cw.WriteString(" NOTIFY=SUCCESS,FAILURE,DELAY")
-		}
+	for _, rcpt := range to {
+		cw.WriteString(c.rcptCommand(env, rcpt))
 		cw.WriteString("\r\n")
 	}
 	cw.WriteString("DATA\r\n")
 	if err := cw.Flush(); err != nil { // a bufio.Writer keeps the first write error
 		res.BeforeRcpt = true
-		return res.failAll(env.To, fmt.Errorf("send MAIL FROM: %w", err), true)
+		return res.failAll(to, fmt.Errorf("send MAIL FROM: %w", err), true)
 	}
 
 	// The replies, in order. A reply that closes the connection (none,
 	// or 421) leaves the rest unread and the connection broken.
 	if _, _, err := text.ReadResponse(250); err != nil {
 		res.BeforeRcpt = true
-		res.failAll(env.To, fmt.Errorf("send MAIL FROM: %w", err), closesConn(err))
+		res.failAll(to, fmt.Errorf("send MAIL FROM: %w", err), closesConn(err))
 		if res.Broken {
 			return res
 		}
 		// The server still answers each RCPT (503, no sender) and DATA.
-		for range env.To {
+		for range to {
 			if _, _, err := text.ReadResponse(25); closesConn(err) {
 				res.Broken = true
 				return res
@@ -419,7 +506,7 @@ func (c *Conn) sendPipelined(env Envelope, msg io.WriterTo, res *TxResult) *TxRe
 		}
 		return c.endUnwantedData(res)
 	}
-	accepted, ok := res.judgeRcpts(env.To, func(string) error { _, _, err := text.ReadResponse(25); return err })
+	accepted, ok := res.judgeRcpts(to, func(string) error { _, _, err := text.ReadResponse(25); return err })
 	if !ok {
 		return res
 	}
@@ -431,8 +518,16 @@ func (c *Conn) sendPipelined(env Envelope, msg io.WriterTo, res *TxResult) *TxRe
 	if _, _, err := text.ReadResponse(354); err != nil {
 		return res.failAll(accepted, fmt.Errorf("send DATA: %w", err), closesConn(err)).reset(c)
 	}
+	return c.writeData(msg, accepted, res)
+}
+
+// writeData sends the message after a 354, ends it and judges the reply
+// for the accepted recipients.
+func (c *Conn) writeData(msg io.WriterTo, accepted []string, res *TxResult) *TxResult {
+	text := c.c.Text
 	w := text.DotWriter()
 	if _, err := msg.WriteTo(w); err != nil {
+		// The message was cut off: the connection is in an unknown state.
 		_ = w.Close()
 		return res.failAll(accepted, fmt.Errorf("write message: %w", err), true)
 	}
@@ -440,11 +535,15 @@ func (c *Conn) sendPipelined(env Envelope, msg io.WriterTo, res *TxResult) *TxRe
 		// Flushing the message failed: no verdict was read.
 		return res.failAll(accepted, fmt.Errorf("end DATA: %w", err), true)
 	}
-	if _, _, err := text.ReadResponse(250); err != nil {
-		// As in Send: the server's verdict, or none (delivery unknown).
+	code, reply, err := text.ReadResponse(250)
+	if err != nil {
+		// A reply after the final dot is the server's verdict on the
+		// message; no reply leaves it unknown (it may have been
+		// delivered): transient, and the retry carries the same
+		// Message-ID so the receiver can drop a duplicate.
 		return res.failAll(accepted, fmt.Errorf("end DATA: %w", err), closesConn(err)).reset(c)
 	}
-	res.Delivered = true
+	res.Delivered, res.Reply = true, parseReply(code, reply)
 	for _, r := range accepted {
 		res.Rcpt[r] = nil
 	}
@@ -518,4 +617,27 @@ func (r *TxResult) reset(c *Conn) *TxResult {
 		r.Broken = true
 	}
 	return r
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
+
+// xtext encodes s as RFC 3461 xtext: "+" followed by two hex digits for
+// "+", "=" and every octet outside "!" to "~".
+func xtext(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < '!' || c > '~' || c == '+' || c == '=' {
+			fmt.Fprintf(&b, "+%02X", c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }

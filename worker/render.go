@@ -77,6 +77,12 @@ func boundaries(ct string, r io.Reader, out *[]string) error {
 		if err != nil {
 			return err
 		}
+		if p.Header.Get("Content-Disposition") != "" {
+			// An attachment's own boundaries (a multipart/* or
+			// message/rfc822 attachment sent unencoded) are its
+			// content: left as the sender wrote them.
+			continue
+		}
 		if err := boundaries(p.Header.Get("Content-Type"), p, out); err != nil {
 			return err
 		}
@@ -110,6 +116,11 @@ func (w *Worker) message(e *queue.Email, prior string) (*outgoing, error) {
 	raw, err := RenderMessage(e, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("build message: %w", err)
+	}
+	if !bytes.HasSuffix(raw, []byte("\r\n")) {
+		// The DATA dot-writer would add it; SIZE= counts it, and the
+		// signature covers it.
+		raw = append(raw, '\r', '\n')
 	}
 	out := &outgoing{raw: raw}
 	if w.cfg.DKIM != nil {

@@ -152,6 +152,11 @@ func (r *Relay) String() string {
 	if r.NoPipelining {
 		q.Set("pipelining", "false")
 	}
+	if r.SkipVerify {
+		// The log line of the relay must show that certificates are not
+		// checked: it is the first thing to look for when TLS is in doubt.
+		q.Set("tls_skip_verify", "true")
+	}
 	u.RawQuery = q.Encode()
 	return u.String()
 }

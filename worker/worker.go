@@ -1,10 +1,10 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -300,7 +300,15 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			break
 		}
 		dkimSig = msg.sig
-		results, lastReply, throttle = w.deliver(ctx, e, msg, pending)
+		var why string
+		results, lastReply, throttle, why, err = w.deliver(ctx, e, msg, pending)
+		if why != "" {
+			reason = why
+		}
+		if err != nil {
+			// The envelope could not be written: nothing will fix that.
+			failAll(queue.ReasonInvalid, oneLine(err.Error()))
+		}
 	}
 
 	// Settle every recipient: this attempt's result, or an earlier one's.
@@ -414,17 +422,43 @@ const saveRetryFor = 20 * time.Second
 // each one. A
 // transaction that fails before any RCPT on a reused connection (the server
 // closed it while idle) is tried once more on a fresh connection.
-func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg io.WriterTo, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool) {
-	env := Envelope{From: e.EnvelopeFrom(), To: pending, DSN: e.DeliveryReceipt}
-	var res *TxResult
-	for try := 0; try < 2; try++ {
+//
+// It returns each recipient's result, the reply to report as the last
+// error, whether the relay throttled, the failure reason when sendq itself
+// refused recipients (RefusedError), and an error when the message could
+// not be built.
+func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg *outgoing, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool, string, error) {
+	env, err := envelope(e, msg)
+	if err != nil {
+		return map[string]queue.RecipientResult{}, queue.Reply{}, false, "", err
+	}
+	// The envelope carries each domain in ASCII (IDNA); the record keeps
+	// the addresses as given.
+	// Two addresses that differ only there are one recipient.
+	wire := make(map[string]string, len(pending))
+	seen := make(map[string]bool, len(pending))
+	refused := map[string]error{}
+	for _, r := range pending {
+		a, err := queue.ASCIIAddress(r)
+		if err != nil {
+			refused[r] = &RefusedError{Reason: queue.ReasonInvalid, EnhancedCode: "5.1.3", Msg: err.Error()}
+			continue
+		}
+		wire[r] = a
+		if !seen[a] {
+			seen[a] = true
+			env.To = append(env.To, a)
+		}
+	}
+	res := &TxResult{Rcpt: map[string]error{}}
+	for try := 0; try < 2 && len(env.To) > 0; try++ {
 		if err := w.waitTurn(ctx); err != nil {
-			res = (&TxResult{Rcpt: map[string]error{}}).failAll(pending, err, false)
+			res = (&TxResult{Rcpt: map[string]error{}}).failAll(env.To, err, false)
 			break
 		}
 		conn, err := w.pool.Get(ctx)
 		if err != nil {
-			res = (&TxResult{Rcpt: map[string]error{}}).failAll(pending, err, true)
+			res = (&TxResult{Rcpt: map[string]error{}}).failAll(env.To, err, true)
 			break
 		}
 		t0 := w.now()
@@ -444,9 +478,25 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg io.WriterTo, p
 	out := make(map[string]queue.RecipientResult, len(pending))
 	var last queue.Reply
 	throttle := false
+	reason := ""
 	for _, r := range pending {
-		v, reply := Classify(res.Rcpt[r])
-		w.m.SMTPReplies.WithLabelValues(replyClass(reply)).Inc()
+		err, ok := refused[r]
+		if !ok {
+			err = res.Rcpt[wire[r]]
+		}
+		v, reply := Classify(err)
+		var re *RefusedError
+		switch {
+		case errors.As(err, &re):
+			// Never offered to the relay: no reply to count.
+			reason = re.Reason
+		case v == Accepted && res.Delivered:
+			// The reply to the end of DATA, with the relay's queue id.
+			reply = res.Reply
+			fallthrough
+		default:
+			w.m.SMTPReplies.WithLabelValues(replyClass(reply)).Inc()
+		}
 		st := queue.RecipientSent
 		switch v {
 		case Transient:
@@ -465,7 +515,23 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg io.WriterTo, p
 	} else if res.Delivered {
 		w.cooldown.Store(0)
 	}
-	return out, last, throttle
+	return out, last, throttle, reason, nil
+}
+
+// envelope returns the envelope that declares msg: sender (its domain in
+// ASCII), envelope id, size, and whether it needs SMTPUTF8 or 8BITMIME.
+// The recipients are the caller's.
+func envelope(e *queue.Email, msg *outgoing) (Envelope, error) {
+	from, err := queue.ASCIIAddress(e.EnvelopeFrom())
+	if err != nil {
+		return Envelope{}, fmt.Errorf("envelope sender: %w", err)
+	}
+	head := msg.raw
+	if i := bytes.Index(head, []byte("\r\n\r\n")); i >= 0 {
+		head = head[:i]
+	}
+	return Envelope{From: from, DSN: e.DeliveryReceipt, EnvID: e.ID, Size: int64(len(msg.sig) + len(msg.raw)),
+		UTF8Header: !isASCII(msg.sig) || !isASCII(string(head)), EightBit: !isASCII(string(msg.raw))}, nil
 }
 
 // waitTurn blocks until this process may open a transaction: after any

@@ -71,6 +71,12 @@ func setup(t *testing.T, o setupOpts) *testBundle {
 	rdb := rs.Client(t)
 	b := &testBundle{rdb: rdb, logs: &syncBuffer{}}
 	b.smtp = smtptest.Start(t, o.smtpOpts...)
+	// Every message the server took must read cleanly with a strict parser.
+	t.Cleanup(func() {
+		for _, m := range b.smtp.Messages() {
+			checkStrict(t, m.Data)
+		}
+	})
 	url := "smtp://" + b.smtp.Addr + "?tls=none"
 	if o.relayURL != nil {
 		url = o.relayURL(b.smtp.Addr)

@@ -44,6 +44,8 @@ type Session struct {
 
 // Hooks script the server. A nil hook accepts. A hook may sleep to play a
 // slow server, return an *smtp.SMTPError for a reply, or DropConnection.
+// Data may also return an *smtp.SMTPError with a 2xx code: the message is
+// accepted with that reply (a relay's "250 2.0.0 Ok: queued as 034D2DE4CF").
 type Hooks struct {
 	Mail func(s *Session, from string) error
 	Rcpt func(s *Session, to string) error
@@ -96,6 +98,15 @@ func WithReadTimeout(d time.Duration) Option { return func(s *Server) { s.srv.Re
 
 // WithDSN advertises the DSN extension.
 func WithDSN() Option { return func(s *Server) { s.srv.EnableDSN = true } }
+
+// WithoutSMTPUTF8 stops the server offering SMTPUTF8 (RFC 6531), as a relay
+// that takes ASCII mail only; a MAIL FROM with SMTPUTF8 then gets a 504.
+func WithoutSMTPUTF8() Option { return func(s *Server) { s.srv.EnableSMTPUTF8 = false } }
+
+// WithMaxMessageBytes makes the server advertise SIZE n (RFC 1870) and
+// refuse a larger message: 552 to a MAIL FROM whose SIZE= is over n, or
+// after DATA.
+func WithMaxMessageBytes(n int64) Option { return func(s *Server) { s.srv.MaxMessageBytes = n } }
 
 // Start starts a server on 127.0.0.1 and closes it when t ends.
 func Start(t testing.TB, opts ...Option) *Server {
@@ -263,7 +274,8 @@ func (s *session) Data(r io.Reader) error {
 	if h := s.hooks().Data; h != nil {
 		err = h(&s.Session, buf.Bytes())
 	}
-	if err == nil || errors.Is(err, DropConnection) {
+	var reply *smtp.SMTPError
+	if err == nil || errors.Is(err, DropConnection) || errors.As(err, &reply) && reply.Code/100 == 2 {
 		s.srv.mu.Lock()
 		s.srv.msgs = append(s.srv.msgs, Message{
 			From: s.From, To: append([]string(nil), s.To...), Data: buf.Bytes(),
