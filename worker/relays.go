@@ -236,7 +236,10 @@ func (w *Worker) send(ctx context.Context, env Envelope, msg io.WriterTo, from s
 		todo = next
 	}
 	if !tried {
-		err := &RelaysOutError{Relays: skipped}
+		var err error = &RelaysOutError{Relays: skipped}
+		if len(skipped) == 0 {
+			err = fmt.Errorf("deliver: %w", ctx.Err()) // canceled before any relay
+		}
 		for _, r := range todo {
 			rcpt[r] = err
 		}
