@@ -182,3 +182,52 @@ func TestJudgeHealth(t *testing.T) {
 		t.Errorf("RelaysOutError = %q; want %q", out.Error(), want)
 	}
 }
+
+func FuzzParseRelays(f *testing.F) {
+	f.Add("smtp://u:p@h:587?tls=starttls")
+	f.Add("smtp://a:25?tls=none&name=mx1, smtps://b?name=mx2&pool_size=3&rate=14/s")
+	f.Add("smtp://u:a,b@h,smtp://c")
+	f.Fuzz(func(t *testing.T, raw string) {
+		rs, err := ParseRelays(raw)
+		if err != nil {
+			return
+		}
+		if len(rs) == 0 || len(rs) > MaxRelays {
+			t.Fatalf("ParseRelays(%q) gave %d relays", raw, len(rs))
+		}
+		seen := map[string]bool{}
+		for _, r := range rs {
+			if !relayName.MatchString(r.Name) || seen[r.Name] {
+				t.Fatalf("ParseRelays(%q): relay name %q invalid or repeated", raw, r.Name)
+			}
+			seen[r.Name] = true
+			if r.PoolSize < 0 || (r.Rate != nil && r.Rate.Rate <= 0) {
+				t.Fatalf("ParseRelays(%q): pool_size %d rate %v", raw, r.PoolSize, r.Rate)
+			}
+		}
+		if !strings.Contains(raw, ",") && len(rs) != 1 {
+			t.Fatalf("ParseRelays(%q) without a comma gave %d relays", raw, len(rs))
+		}
+	})
+}
+
+func FuzzParseRoutes(f *testing.F) {
+	f.Add("@a.com=primary,ops@b.com=eu|us")
+	f.Add(" @A.com = x ,")
+	f.Fuzz(func(t *testing.T, raw string) {
+		routes, err := ParseRoutes(raw)
+		if err != nil {
+			return
+		}
+		for from, names := range routes {
+			if from != strings.ToLower(from) || !strings.Contains(from, "@") || strings.HasSuffix(from, "@") || len(names) == 0 {
+				t.Fatalf("ParseRoutes(%q): route %q -> %v", raw, from, names)
+			}
+			for _, n := range names {
+				if !relayName.MatchString(n) {
+					t.Fatalf("ParseRoutes(%q): relay name %q", raw, n)
+				}
+			}
+		}
+	})
+}
