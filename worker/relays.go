@@ -132,7 +132,7 @@ func newRelaySet(cfg *Config, limiter *redis_rate.Limiter) (*relaySet, error) {
 			return nil, fmt.Errorf("relay %s: %w", r.Name, err)
 		}
 		u := &upstream{relay: r, name: r.Name, pool: pool, limiter: limiter, rate: cfg.SMTPRate, rateKey: queue.RelayRateKey(r.Addr()),
-			log: cfg.Logger.With("relay", r.Name), m: cfg.Metrics, up: cfg.Metrics.RelayUp.WithLabelValues(r.Name),
+			log: cfg.Logger, m: cfg.Metrics, up: cfg.Metrics.RelayUp.WithLabelValues(r.Name),
 			sends: map[string]prometheus.Counter{}}
 		if r.Rate != nil {
 			u.rate = *r.Rate
@@ -146,11 +146,11 @@ func newRelaySet(cfg *Config, limiter *redis_rate.Limiter) (*relaySet, error) {
 				state.Set(float64(to))
 				switch to {
 				case circuit.Open:
-					u.log.Warn("relay taken out: circuit open", "from", from.String(), "cooldown", cfg.Circuit.Cooldown)
+					u.log.Warn("relay taken out: circuit open", "relay", u.name, "from", from.String(), "cooldown", cfg.Circuit.Cooldown)
 				case circuit.HalfOpen:
-					u.log.Info("relay cool-down over: probing it")
+					u.log.Info("relay cool-down over: probing it", "relay", u.name)
 				case circuit.Closed:
-					u.log.Info("relay back in service: circuit closed")
+					u.log.Info("relay back in service: circuit closed", "relay", u.name)
 				}
 			})
 		}
@@ -231,7 +231,7 @@ func (w *Worker) send(ctx context.Context, env Envelope, msg io.WriterTo, from s
 			}
 		}
 		if len(next) > 0 {
-			u.log.Debug("relay could not take the message: trying the next relay", "recipients", len(next))
+			u.log.Debug("relay could not take the message: trying the next relay", "relay", u.name, "recipients", len(next))
 		}
 		todo = next
 	}
@@ -421,5 +421,6 @@ func (u *upstream) throttled() {
 	d := min(max(2*time.Duration(u.cooldown.Load()), time.Second), maxCooldown)
 	u.cooldown.Store(int64(d))
 	u.pausedUntil.Store(now.Add(d).UnixNano())
-	u.log.Warn("relay is throttling: pausing sends", "cooldown", d)
+	// The cooldown first, as before: the fault suite reads it from the line.
+	u.log.Warn("relay is throttling: pausing sends", "cooldown", d, "relay", u.name)
 }
