@@ -222,46 +222,61 @@ func TestFirstRelayKilledUnderLoadFailsOverAndComesBack(t *testing.T) {
 	for _, a := range all {
 		copies[a.id] = append(copies[a.id], a)
 	}
+	// delivered is the copy on the relay the status names: the one that
+	// answered 250.
+	delivered := map[string]arrival{}
 	lost, dups, retried := 0, 0, 0
 	for _, id := range ids {
 		c := copies[id]
+		st := statuses[id]
+		via := st.Recipients[0].Relay
+		if st.Attempts > 1 {
+			retried++
+		}
 		switch {
 		case len(c) == 0:
 			lost++
 			t.Errorf("email %s: sent per its status, but no relay has it", id)
-		case len(c) > 1:
-			dups++
-			// Only a message the first relay took as it died, whose 250 never
-			// came, may have a second copy: on the second relay, after it.
-			if len(c) != 2 || c[0].relay != "primary" || c[1].relay != "secondary" || c[0].at.After(killed) {
-				t.Errorf("email %s: copies %+v; want at most one, or one on primary before the kill and one on secondary", id, c)
+			continue
+		case len(c) == 1:
+			if c[0].relay != via {
+				t.Errorf("email %s: status names relay %q; the message is on %q", id, via, c[0].relay)
+			}
+			delivered[id] = c[0]
+			continue
+		}
+		dups++
+		// Only a message the first relay took as it died, whose 250 never
+		// came, may have a second copy: on the second relay, which
+		// answered. (The dying relay may record it a moment after the
+		// kill, even after the second relay did: it had read it already.)
+		var onA, onB []arrival
+		for _, x := range c {
+			if x.relay == "primary" {
+				onA = append(onA, x)
+			} else {
+				onB = append(onB, x)
 			}
 		}
-		st := statuses[id]
-		if r := st.Recipients[0]; r.Relay != c[len(c)-1].relay {
-			t.Errorf("email %s: status names relay %q; the message is on %q", id, r.Relay, c[len(c)-1].relay)
+		if len(onA) != 1 || len(onB) != 1 || via != "secondary" || onA[0].at.After(killed.Add(time.Second)) {
+			t.Errorf("email %s: copies %+v, status via %q; want one copy, or one the first relay took as it died and one on the second that answered", id, c, via)
 		}
-		if st.Attempts > 1 {
-			retried++
-		}
+		delivered[id] = onB[len(onB)-1]
 	}
 
 	// Failover: the emails not yet delivered when the first relay died all
 	// went to the second. Measured: from the kill to their delivery.
 	var backlog []time.Duration
 	for _, id := range ids {
-		c := copies[id]
-		if len(c) == 0 || c[0].at.Before(killed) && len(c) == 1 {
-			continue // delivered before the kill
+		d, ok := delivered[id]
+		if !ok || d.at.Before(killed) || !d.at.Before(back) {
+			continue
 		}
-		last := c[len(c)-1]
-		if last.at.Before(back) {
-			if last.relay != "secondary" {
-				t.Errorf("email %s delivered by %s %s after the kill, before the first relay was back", id, last.relay, last.at.Sub(killed))
-			}
-			if queuedAt[id].Before(killed) {
-				backlog = append(backlog, last.at.Sub(killed))
-			}
+		if d.relay != "secondary" {
+			t.Errorf("email %s delivered by %s %s after the kill, before the first relay was back", id, d.relay, d.at.Sub(killed))
+		}
+		if queuedAt[id].Before(killed) {
+			backlog = append(backlog, d.at.Sub(killed))
 		}
 	}
 	sort.Slice(backlog, func(i, j int) bool { return backlog[i] < backlog[j] })
@@ -421,7 +436,10 @@ func TestEveryRelayOutRetriesUntilOneComesBack(t *testing.T) {
 	_ = b.smtp.Close()
 	_ = second.Close()
 	e := newEmail("a@example.com")
-	b.enqueue(t, e, 40)
+	// asynq keeps retry times in whole seconds, so the test's sub-second
+	// retry delays come due at the next poll: allow attempts enough to
+	// outlast the cool-down.
+	b.enqueue(t, e, 400)
 	waitFor(t, 15*time.Second, "the email is retried with every relay out", func() bool {
 		st, err := b.look.Status(context.Background(), e.ID)
 		return err == nil && strings.Contains(st.LastError, "every relay is out of service (circuit open): primary, secondary")
