@@ -221,8 +221,9 @@ func (w *Worker) Start() error {
 
 // Shutdown stops fetching, waits up to ShutdownTimeout for in-flight sends
 // (each bounded by the SMTP command timeout, which is shorter), then says
-// QUIT on every pooled connection of every relay. A task still running after that goes
-// back to the queue and its recorded recipients are not sent again.
+// QUIT on every pooled connection of every relay. A task still running
+// after that goes back to the queue and its recorded recipients are not
+// sent again.
 func (w *Worker) Shutdown() {
 	// The fetchers stop together, each waiting for its own in-flight
 	// sends; then the pools they share close.
