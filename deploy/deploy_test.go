@@ -172,7 +172,9 @@ func exported(t *testing.T) map[string]family {
 		t.Fatalf("enqueue: %v", err)
 	}
 	reg := prometheus.NewRegistry()
-	metrics.New(reg, reg)
+	// A worker initialises the series of its relays (SENDQ_SMTP_URL's
+	// names); two relays without name= are primary and secondary.
+	metrics.New(reg, reg).InitRelays("primary", "secondary")
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	reg.MustRegister(metrics.NewQueueCollector(insp, queue.Name))
 	mfs, err := reg.Gather()

@@ -2,9 +2,10 @@
 // with a package of its own, such as dkim, defines its own on the same
 // registry) and the /metrics handler. Metrics are built on an injected prometheus.Registerer,
 // so tests use prometheus.NewRegistry(). Label values are bounded enums
-// (route, code, reason, class, state, queue): never an address, an id or a
-// subject. Every known label combination is initialised to zero so that
-// rates and alerts work from the first scrape.
+// (route, code, reason, class, state, queue; relay, the configured relay
+// names): never an address, an id or a subject. Every known label
+// combination is initialised to zero so that rates and alerts work from
+// the first scrape.
 package metrics
 
 import (
@@ -42,6 +43,19 @@ const (
 	OutcomeAborted = "aborted" // the attempt could not run (Redis error, shutdown)
 )
 
+// Outcomes of a relay send (sendq_relay_sends_total): one transaction
+// tried on one relay, or the relay passed over.
+const (
+	RelayDelivered = "delivered" // the relay answered 250 to the message, for some recipient at least
+	RelayRejected  = "rejected"  // the relay answered, and took the message for no recipient
+	RelayFailed    = "failed"    // no session, 421 or the connection lost: the recipients went on to the next relay
+	RelaySkipped   = "skipped"   // the relay's circuit was open: not tried
+	RelayAborted   = "aborted"   // the send could not run (canceled, rate limit unavailable)
+)
+
+// RelayOutcomes lists every relay send outcome.
+var RelayOutcomes = []string{RelayDelivered, RelayRejected, RelayFailed, RelaySkipped, RelayAborted}
+
 // Metrics holds every collector. A nil *Metrics is not valid; use New.
 type Metrics struct {
 	reg prometheus.Gatherer
@@ -71,6 +85,10 @@ type Metrics struct {
 	PoolDials        prometheus.Counter
 	PoolDialFailures prometheus.Counter
 	PoolWait         prometheus.Histogram
+
+	RelayUp      *prometheus.GaugeVec   // relay
+	RelayCircuit *prometheus.GaugeVec   // relay
+	RelaySends   *prometheus.CounterVec // relay, outcome
 }
 
 // Routes lists the HTTP routes, for initialising label values.
@@ -134,6 +152,12 @@ func New(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
 		Help: "SMTP dials that failed."})
 	m.PoolWait = f.NewHistogram(prometheus.HistogramOpts{Namespace: namespace, Name: "smtp_pool_wait_seconds",
 		Help: "Time a delivery waited for a pooled connection.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)})
+	m.RelayUp = f.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "relay_up",
+		Help: "1 unless the relay's last send failed to get a session (connect, greeting, STARTTLS, AUTH), lost it, or got 421."}, []string{"relay"})
+	m.RelayCircuit = f.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "relay_circuit_state",
+		Help: "The relay's circuit: 0 closed (in use), 1 half-open (one probe out), 2 open (skipped for the cool-down)."}, []string{"relay"})
+	m.RelaySends = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "relay_sends_total",
+		Help: "Transactions per relay by outcome (delivered, rejected, failed, skipped: circuit open, aborted)."}, []string{"relay", "outcome"})
 
 	for _, r := range Reasons {
 		m.EmailsFailed.WithLabelValues(r)
@@ -160,6 +184,19 @@ func New(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
 		Help: "Build information; the value is always 1."}, []string{"version", "revision", "goversion"}).
 		WithLabelValues(version, revision, goVersion()).Set(1)
 	return m
+}
+
+// InitRelays initialises the per-relay series of the named relays: up 1,
+// circuit closed, every send outcome 0. The worker calls it with the
+// relays of SENDQ_SMTP_URL, whose names are the only relay label values.
+func (m *Metrics) InitRelays(names ...string) {
+	for _, n := range names {
+		m.RelayUp.WithLabelValues(n).Set(1)
+		m.RelayCircuit.WithLabelValues(n).Set(0)
+		for _, o := range RelayOutcomes {
+			m.RelaySends.WithLabelValues(n, o)
+		}
+	}
 }
 
 // Handler serves the registry in the Prometheus text format.

@@ -71,3 +71,22 @@ func TestReasonsMatchTheQueueContract(t *testing.T) {
 		t.Errorf("metrics.Reasons = %v; queue.Reasons = %v", metrics.Reasons, queue.Reasons)
 	}
 }
+
+func TestInitRelaysStartsEverySeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, reg)
+	if n, _ := testutil.GatherAndCount(reg, "sendq_relay_sends_total"); n != 0 {
+		t.Fatalf("%d relay series before InitRelays; want 0 (relay names come from the configuration)", n)
+	}
+	m.InitRelays("primary", "backup")
+	for name, want := range map[string]int{"sendq_relay_sends_total": 2 * len(metrics.RelayOutcomes), "sendq_relay_up": 2, "sendq_relay_circuit_state": 2} {
+		if n, err := testutil.GatherAndCount(reg, name); err != nil || n != want {
+			t.Errorf("%s: %d series (%v); want %d", name, n, err, want)
+		}
+	}
+	for _, r := range []string{"primary", "backup"} {
+		if up, st := testutil.ToFloat64(m.RelayUp.WithLabelValues(r)), testutil.ToFloat64(m.RelayCircuit.WithLabelValues(r)); up != 1 || st != 0 {
+			t.Errorf("relay %s: up %v, circuit %v; want 1 (not known bad) and 0 (closed)", r, up, st)
+		}
+	}
+}

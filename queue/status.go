@@ -29,6 +29,7 @@ type RecipientStatus struct {
 	Code         int       `json:"code,omitempty"`
 	EnhancedCode string    `json:"enhanced_code,omitempty"`
 	Message      string    `json:"message,omitempty"`
+	Relay        string    `json:"relay,omitempty"` // the relay that gave the reply (accepted it, when sent)
 	UpdatedAt    time.Time `json:"updated_at,omitzero"`
 }
 
@@ -169,6 +170,7 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 			if r, ok := rec.Recipients[a.Address]; ok {
 				rs.Status, rs.UpdatedAt = r.Status, r.UpdatedAt
 				rs.Code, rs.EnhancedCode, rs.Message = r.Reply.Code, r.Reply.EnhancedCode, r.Reply.Message
+				rs.Relay = r.Relay
 			}
 			st.Recipients = append(st.Recipients, rs)
 		}
@@ -182,6 +184,7 @@ func recordRecipients(rec *Record) []RecipientStatus {
 		out = append(out, RecipientStatus{
 			Address: addr, Status: r.Status, UpdatedAt: r.UpdatedAt,
 			Code: r.Reply.Code, EnhancedCode: r.Reply.EnhancedCode, Message: r.Reply.Message,
+			Relay: r.Relay,
 		})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Address < out[j].Address })

@@ -55,6 +55,9 @@ type RecipientResult struct {
 	Status    string    `json:"status"`
 	Reply     Reply     `json:"reply"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// Relay names the relay (SENDQ_SMTP_URL's name=) that gave the reply:
+	// for a sent recipient, the one that accepted the message.
+	Relay string `json:"relay,omitempty"`
 }
 
 // Record is what sendq keeps of an email beside asynq's task: attempts and

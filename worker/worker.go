@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -17,15 +16,31 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sendq/sendq/dkim"
+	"github.com/sendq/sendq/internal/circuit"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
 )
 
 // Config configures a Worker. Zero values take the documented defaults.
 type Config struct {
-	// Relay is the SMTP server to deliver through. Required.
+	// Relay is the SMTP server to deliver through, when there is one.
+	// Relay or Relays is required.
 	Relay *Relay
-	// Pool configures the SMTP connection pool.
+	// Relays are the SMTP servers to deliver through, in failover order
+	// (ParseRelays); if empty, Relay alone. With more than one, each has a
+	// circuit breaker (Circuit).
+	Relays []*Relay
+	// Routes sends the emails from some addresses or @domains only to
+	// their relays, by name, in order (ParseRoutes); the rest go through
+	// Relays in order.
+	Routes map[string][]string
+	// Circuit configures the relays' circuit breakers: a relay whose
+	// session fails Threshold times in a row (3), or that answers 421, is
+	// skipped for Cooldown (30s), then probed by one send. Not used with
+	// a single relay.
+	Circuit circuit.Config
+	// Pool configures the SMTP connection pool of each relay (a relay's
+	// pool_size= overrides Size).
 	Pool PoolConfig
 	// Concurrency is how many emails one process handles at once. If zero,
 	// four times the pool size: the Redis round trips of some
@@ -54,9 +69,9 @@ type Config struct {
 	// how often due retries are moved to the queue. If zero, 1s for
 	// retries (asynq's default is 5s) and 50ms for new tasks.
 	PollInterval time.Duration
-	// SMTPRate limits SMTP transactions to the relay across every worker
-	// process (GCRA in Redis), like an SES account's send rate. Zero: no
-	// limit.
+	// SMTPRate limits SMTP transactions to each relay across every worker
+	// process (GCRA in Redis), like an SES account's send rate; a relay's
+	// rate= overrides it. Zero: no limit.
 	SMTPRate redis_rate.Limit
 	// DKIM signs each message whose From domain has a key. If nil, no
 	// message is signed.
@@ -75,8 +90,35 @@ type Config struct {
 
 func (c *Config) validate() error {
 	var errs []string
-	if c.Relay == nil {
-		errs = append(errs, "Relay is required")
+	if len(c.Relays) == 0 && c.Relay != nil {
+		c.Relays = []*Relay{c.Relay}
+	}
+	if len(c.Relays) == 0 {
+		errs = append(errs, "Relay or Relays is required")
+	}
+	// Copies: naming a relay must not change the caller's.
+	relays := make([]*Relay, len(c.Relays))
+	for i, r := range c.Relays {
+		if r == nil {
+			errs = append(errs, fmt.Sprintf("relay %d is nil", i+1))
+			continue
+		}
+		cp := *r
+		relays[i] = &cp
+	}
+	c.Relays = relays
+	if len(errs) == 0 {
+		if err := nameRelays(c.Relays); err != nil {
+			errs = append(errs, err.Error())
+		} else if err := CheckRoutes(c.Routes, c.Relays); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	if c.Circuit.Threshold <= 0 {
+		c.Circuit.Threshold = 3
+	}
+	if c.Circuit.Cooldown <= 0 {
+		c.Circuit.Cooldown = 30 * time.Second
 	}
 	if c.Store == nil {
 		errs = append(errs, "Store is required")
@@ -119,21 +161,14 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Worker consumes the email queue and delivers through the pool.
+// Worker consumes the email queue and delivers through the relays' pools.
 type Worker struct {
-	cfg  Config
-	log  *slog.Logger
-	m    *metrics.Metrics
-	pool *Pool
-	srvs []*asynq.Server // the fetchers
-	now  func() time.Time
-
-	limiter *redis_rate.Limiter
-	// Throttling replies from the relay pause this process' sends: until
-	// pausedUntil (unix nanoseconds), for a cooldown that doubles while
-	// the relay keeps throttling, up to maxCooldown.
-	pausedUntil atomic.Int64
-	cooldown    atomic.Int64
+	cfg    Config
+	log    *slog.Logger
+	m      *metrics.Metrics
+	relays *relaySet
+	srvs   []*asynq.Server // the fetchers
+	now    func() time.Time
 }
 
 const maxCooldown = 30 * time.Second
@@ -143,12 +178,11 @@ func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	pool, err := NewPool(cfg.Relay, cfg.Pool, cfg.Metrics)
+	relays, err := newRelaySet(&cfg, redis_rate.NewLimiter(rdb))
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, pool: pool, now: time.Now,
-		limiter: redis_rate.NewLimiter(rdb)}
+	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, relays: relays, now: time.Now}
 	delayed := time.Second
 	poll := 50 * time.Millisecond
 	if cfg.PollInterval > 0 {
@@ -197,17 +231,18 @@ func (w *Worker) Start() error {
 
 // Shutdown stops fetching, waits up to ShutdownTimeout for in-flight sends
 // (each bounded by the SMTP command timeout, which is shorter), then says
-// QUIT on every pooled connection. A task still running after that goes
-// back to the queue and its recorded recipients are not sent again.
+// QUIT on every pooled connection of every relay. A task still running
+// after that goes back to the queue and its recorded recipients are not
+// sent again.
 func (w *Worker) Shutdown() {
 	// The fetchers stop together, each waiting for its own in-flight
-	// sends; then the pool they share closes.
+	// sends; then the pools they share close.
 	var wg sync.WaitGroup
 	for _, srv := range w.srvs {
 		wg.Go(srv.Shutdown)
 	}
 	wg.Wait()
-	w.pool.Close()
+	w.relays.close()
 }
 
 // retryDelay is the backoff: base * 2^n with ±20% jitter, capped at max.
@@ -418,15 +453,13 @@ func (w *Worker) save(ctx context.Context, id string, u queue.Update) error {
 // which another worker may take the task.
 const saveRetryFor = 20 * time.Second
 
-// deliver sends msg, the rendered e, to the pending recipients and judges
-// each one. A
-// transaction that fails before any RCPT on a reused connection (the server
-// closed it while idle) is tried once more on a fresh connection.
+// deliver sends msg, the rendered e, to the pending recipients through
+// its relays (send) and judges each one.
 //
 // It returns each recipient's result, the reply to report as the last
-// error, whether the relay throttled, the failure reason when sendq itself
-// refused recipients (RefusedError), and an error when the message could
-// not be built.
+// error, whether a relay throttled, the failure reason when sendq itself
+// refused recipients (RefusedError), and an error when the envelope could
+// not be written.
 func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg *outgoing, pending []string) (map[string]queue.RecipientResult, queue.Reply, bool, string, error) {
 	env, err := envelope(e, msg)
 	if err != nil {
@@ -450,29 +483,11 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg *outgoing, pen
 			env.To = append(env.To, a)
 		}
 	}
-	res := &TxResult{Rcpt: map[string]error{}}
-	for try := 0; try < 2 && len(env.To) > 0; try++ {
-		if err := w.waitTurn(ctx); err != nil {
-			res = (&TxResult{Rcpt: map[string]error{}}).failAll(env.To, err, false)
-			break
-		}
-		conn, err := w.pool.Get(ctx)
-		if err != nil {
-			res = (&TxResult{Rcpt: map[string]error{}}).failAll(env.To, err, true)
-			break
-		}
-		t0 := w.now()
-		res = conn.Send(ctx, w.cfg.Pool.CommandTimeout, env, msg)
-		w.m.SMTPSendDuration.Observe(w.now().Sub(t0).Seconds())
-		reused := conn.Reused
-		w.pool.Put(conn, res.Broken)
-		if !(res.BeforeRcpt && res.Broken && reused) {
-			break
-		}
-		// A reused connection was dead before the first RCPT: the relay
-		// dropped it while idle, or restarted. Its idle siblings are as
-		// old; drop them so the second try dials.
-		w.pool.DropIdle()
+	var rcpt map[string]error
+	var via map[string]string
+	var data map[string]queue.Reply
+	if len(env.To) > 0 {
+		rcpt, via, data = w.send(ctx, env, msg, e.From.Address)
 	}
 	now := w.now()
 	out := make(map[string]queue.RecipientResult, len(pending))
@@ -482,7 +497,7 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg *outgoing, pen
 	for _, r := range pending {
 		err, ok := refused[r]
 		if !ok {
-			err = res.Rcpt[wire[r]]
+			err = rcpt[wire[r]]
 		}
 		v, reply := Classify(err)
 		var re *RefusedError
@@ -490,9 +505,11 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg *outgoing, pen
 		case errors.As(err, &re):
 			// Never offered to the relay: no reply to count.
 			reason = re.Reason
-		case v == Accepted && res.Delivered:
+		case v == Accepted:
 			// The reply to the end of DATA, with the relay's queue id.
-			reply = res.Reply
+			if d, ok := data[wire[r]]; ok {
+				reply = d
+			}
 			fallthrough
 		default:
 			w.m.SMTPReplies.WithLabelValues(replyClass(reply)).Inc()
@@ -508,12 +525,7 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg *outgoing, pen
 		if v != Accepted || last == (queue.Reply{}) {
 			last = reply
 		}
-		out[r] = queue.RecipientResult{Status: st, Reply: reply, UpdatedAt: now}
-	}
-	if throttle {
-		w.throttled()
-	} else if res.Delivered {
-		w.cooldown.Store(0)
+		out[r] = queue.RecipientResult{Status: st, Reply: reply, UpdatedAt: now, Relay: via[wire[r]]}
 	}
 	return out, last, throttle, reason, nil
 }
@@ -532,51 +544,6 @@ func envelope(e *queue.Email, msg *outgoing) (Envelope, error) {
 	}
 	return Envelope{From: from, DSN: e.DeliveryReceipt, EnvID: e.ID, Size: int64(len(msg.sig) + len(msg.raw)),
 		UTF8Header: !isASCII(msg.sig) || !isASCII(string(head)), EightBit: !isASCII(string(msg.raw))}, nil
-}
-
-// waitTurn blocks until this process may open a transaction: after any
-// cooldown a throttling relay imposed, and within the shared relay rate.
-func (w *Worker) waitTurn(ctx context.Context) error {
-	if d := time.Duration(w.pausedUntil.Load() - w.now().UnixNano()); d > 0 {
-		// Spread the waiting sends over a tenth of the pause, so they do
-		// not all hit the relay in the same instant when it ends.
-		d += time.Duration(rand.Int64N(int64(d)/10 + 1))
-		if err := sleepCtx(ctx, d); err != nil {
-			return fmt.Errorf("relay cooldown: %w", err)
-		}
-	}
-	if w.cfg.SMTPRate.IsZero() {
-		return nil
-	}
-	key := queue.RelayRateKey(w.cfg.Relay.Addr())
-	for {
-		res, err := w.limiter.Allow(ctx, key, w.cfg.SMTPRate)
-		if err != nil {
-			return fmt.Errorf("relay rate limit: %w", err)
-		}
-		if res.Allowed > 0 {
-			return nil
-		}
-		w.m.RateLimited.WithLabelValues("relay").Inc()
-		if err := sleepCtx(ctx, res.RetryAfter); err != nil {
-			return fmt.Errorf("relay rate limit: %w", err)
-		}
-	}
-}
-
-// throttled starts or lengthens the cooldown after a throttling reply. The
-// cooldown doubles once per episode: replies that arrive while a pause is
-// already running (sends that were in flight together) do not lengthen it.
-func (w *Worker) throttled() {
-	w.m.RelayThrottles.Inc()
-	now := w.now()
-	if now.UnixNano() < w.pausedUntil.Load() {
-		return
-	}
-	d := min(max(2*time.Duration(w.cooldown.Load()), time.Second), maxCooldown)
-	w.cooldown.Store(int64(d))
-	w.pausedUntil.Store(now.Add(d).UnixNano())
-	w.log.Warn("relay is throttling: pausing sends", "cooldown", d)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -31,6 +31,7 @@ import (
 
 	"github.com/sendq/sendq/dkim"
 	"github.com/sendq/sendq/internal/bench"
+	"github.com/sendq/sendq/internal/circuit"
 	"github.com/sendq/sendq/internal/config"
 	"github.com/sendq/sendq/internal/outbox"
 	"github.com/sendq/sendq/internal/ui"
@@ -290,9 +291,16 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			log.Warn("SENDQ_SMTP_URL is not set: delivering to an EMBEDDED capture server that writes each message as an .eml file instead of sending it.",
 				"dir", cfg.OutboxDir)
 		}
-		relay, err := worker.ParseRelay(smtpURL)
+		relays, err := worker.ParseRelays(smtpURL)
 		if err != nil {
 			return fmt.Errorf("SENDQ_SMTP_URL: %w", err)
+		}
+		routes, err := worker.ParseRoutes(cfg.SMTPRoutes)
+		if err == nil {
+			err = worker.CheckRoutes(routes, relays)
+		}
+		if err != nil {
+			return fmt.Errorf("SENDQ_SMTP_ROUTES: %w", err)
 		}
 		// The delivery records of concurrent sends share pipelines too.
 		wstore := store
@@ -313,7 +321,8 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			}
 		}
 		w, err = worker.New(rdb, worker.Config{
-			Relay: relay,
+			Relays: relays, Routes: routes,
+			Circuit: circuit.Config{Threshold: cfg.CircuitFailures, Cooldown: cfg.CircuitCooldown},
 			Pool: worker.PoolConfig{Size: cfg.PoolSize, IdleTimeout: cfg.IdleTimeout, MaxConnAge: cfg.MaxConnAge,
 				CommandTimeout: cfg.SMTPTimeout},
 			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
@@ -327,7 +336,10 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		if err := w.Start(); err != nil {
 			return err
 		}
-		log.Info("worker started", "relay", relay.String(), "pool_size", cfg.PoolSize, "concurrency", cfg.Concurrency, "fetchers", cfg.Fetchers)
+		for _, r := range relays {
+			log.Info("relay", "relay", r.Name, "url", r.String())
+		}
+		log.Info("worker started", "relays", len(relays), "routes", len(routes), "pool_size", cfg.PoolSize, "concurrency", cfg.Concurrency, "fetchers", cfg.Fetchers)
 	}
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)

@@ -21,6 +21,9 @@ import (
 type Config struct {
 	RedisURL        string
 	SMTPURL         string
+	SMTPRoutes      string
+	CircuitFailures int
+	CircuitCooldown time.Duration
 	HTTPAddr        string
 	APIKeys         string
 	AdminKeys       string
@@ -113,8 +116,14 @@ func rate(name string, dst func(*Config) *redis_rate.Limit) func(*Config, string
 var settings = []Setting{
 	{Env: "REDIS_URL", Flag: "redis-url", Help: "redis://[user:pass@]host:port/db, rediss://, redis-sentinel://h1,h2/db?master=NAME or redis-cluster://h1,h2; unset: an embedded in-memory Redis (nothing survives a restart)",
 		set: str(func(c *Config) *string { return &c.RedisURL }), secret: true},
-	{Env: "SENDQ_SMTP_URL", Flag: "smtp-url", Help: "smtp://user:pass@host:587?tls=starttls, smtps://host:465 or smtp://host:25?tls=none; unset: an embedded SMTP server that writes .eml files to the outbox dir",
+	{Env: "SENDQ_SMTP_URL", Flag: "smtp-url", Help: "smtp://user:pass@host:587?tls=starttls, smtps://host:465 or smtp://host:25?tls=none; several relays, comma-separated, in failover order, each with name=, pool_size=, rate=; unset: an embedded SMTP server that writes .eml files to the outbox dir",
 		set: str(func(c *Config) *string { return &c.SMTPURL }), secret: true},
+	{Env: "SENDQ_SMTP_ROUTES", Flag: "smtp-routes", Help: "send some From domains or addresses only to their relays, by name: @a.com=primary,@b.com=eu|us; unset: every email goes through the relays in order",
+		set: str(func(c *Config) *string { return &c.SMTPRoutes })},
+	{Env: "SENDQ_SMTP_CIRCUIT_FAILURES", Flag: "smtp-circuit-failures", Def: "3", Help: "with several relays: session failures in a row (connect, greeting, STARTTLS, AUTH, connection lost) that take a relay out; a 421 takes it out at once",
+		set: integer("SENDQ_SMTP_CIRCUIT_FAILURES", func(c *Config) *int { return &c.CircuitFailures }, 1)},
+	{Env: "SENDQ_SMTP_CIRCUIT_COOLDOWN", Flag: "smtp-circuit-cooldown", Def: "30s", Help: "with several relays: how long a relay taken out is skipped before one send probes it",
+		set: duration("SENDQ_SMTP_CIRCUIT_COOLDOWN", func(c *Config) *time.Duration { return &c.CircuitCooldown })},
 	{Env: "SENDQ_HTTP_ADDR", Flag: "http-addr", Def: ":8080", Help: "HTTP listen address (API, /healthz, /readyz, /metrics)",
 		set: str(func(c *Config) *string { return &c.HTTPAddr })},
 	{Env: "SENDQ_API_KEYS", Flag: "api-keys", Help: "comma-separated API keys for Authorization: Bearer KEY, each optionally KEY:@a.com|ops@b.com to limit its From; unset: no auth",
@@ -142,7 +151,7 @@ var settings = []Setting{
 		set: integer("SENDQ_MAX_RECIPIENTS", func(c *Config) *int { return &c.MaxRecipients }, 1)},
 	{Env: "SENDQ_MAX_ATTACHMENTS", Flag: "max-attachments", Def: "100", Help: "most attachments (inline parts included) in one email",
 		set: integer("SENDQ_MAX_ATTACHMENTS", func(c *Config) *int { return &c.MaxAttachments }, 1)},
-	{Env: "SENDQ_SMTP_POOL_SIZE", Flag: "smtp-pool-size", Def: "10", Help: "most SMTP connections one worker process keeps open",
+	{Env: "SENDQ_SMTP_POOL_SIZE", Flag: "smtp-pool-size", Def: "10", Help: "most SMTP connections one worker process keeps open to each relay (a relay's pool_size= overrides it)",
 		set: integer("SENDQ_SMTP_POOL_SIZE", func(c *Config) *int { return &c.PoolSize }, 1)},
 	{Env: "SENDQ_SMTP_IDLE_TIMEOUT", Flag: "smtp-idle-timeout", Def: "30s", Help: "an SMTP connection idle longer is closed, not reused",
 		set: duration("SENDQ_SMTP_IDLE_TIMEOUT", func(c *Config) *time.Duration { return &c.IdleTimeout })},
@@ -170,7 +179,7 @@ var settings = []Setting{
 		set: duration("SENDQ_RETENTION", func(c *Config) *time.Duration { return &c.Retention })},
 	{Env: "SENDQ_RATE_PER_KEY", Flag: "rate-per-key", Help: "intake limit per API key across all API processes, e.g. 100/s or 6000/m; over it: 429 with Retry-After; unset: none",
 		set: rate("SENDQ_RATE_PER_KEY", func(c *Config) *redis_rate.Limit { return &c.RatePerKey })},
-	{Env: "SENDQ_SMTP_RATE", Flag: "smtp-rate", Help: "SMTP transactions per period to the relay across all worker processes, e.g. 14/s; unset: none",
+	{Env: "SENDQ_SMTP_RATE", Flag: "smtp-rate", Help: "SMTP transactions per period to each relay across all worker processes, e.g. 14/s (a relay's rate= overrides it); unset: none",
 		set: rate("SENDQ_SMTP_RATE", func(c *Config) *redis_rate.Limit { return &c.SMTPRate })},
 	{Env: "SENDQ_DKIM", Flag: "dkim", Help: "DKIM signing keys: comma-separated domain:selector:/path/key.pem (RSA of at least 2048 bits, or Ed25519); a message whose From domain, or its closest parent, has keys is signed with each; unset: nothing is signed",
 		set: str(func(c *Config) *string { return &c.DKIM })},

@@ -20,6 +20,9 @@ func TestDefaults(t *testing.T) {
 		c.IdleTimeout != 30*time.Second || c.MaxConnAge != 5*time.Minute || c.Retention != 24*time.Hour {
 		t.Errorf("defaults = %+v", c)
 	}
+	if c.CircuitFailures != 3 || c.CircuitCooldown != 30*time.Second || c.SMTPRoutes != "" {
+		t.Errorf("circuit defaults = %d failures, %s cool-down, routes %q; want 3, 30s, none", c.CircuitFailures, c.CircuitCooldown, c.SMTPRoutes)
+	}
 	if c.RedisURL != "" || c.SMTPURL != "" || !c.RatePerKey.IsZero() {
 		t.Errorf("REDIS_URL, SENDQ_SMTP_URL and rates must default to unset: %+v", c)
 	}
@@ -51,6 +54,8 @@ func TestInvalidValuesNameTheVariable(t *testing.T) {
 		{"SENDQ_RATE_PER_KEY", "fast"},
 		{"SENDQ_SMTP_TIMEOUT", "30s"}, // not below the 25s shutdown timeout
 		{"SENDQ_RETRY_MAX_DELAY", "1s"},
+		{"SENDQ_SMTP_CIRCUIT_FAILURES", "0"},
+		{"SENDQ_SMTP_CIRCUIT_COOLDOWN", "soon"},
 	}
 	for _, tt := range tests {
 		_, err := Load("serve", nil, env(map[string]string{tt.env: tt.value}), &bytes.Buffer{})

@@ -144,8 +144,15 @@ func Listen(addr string, opts ...Option) (*Server, error) {
 	return s, nil
 }
 
-// Close stops the server and closes every connection.
-func (s *Server) Close() error { return s.srv.Close() }
+// Close stops the server and closes every connection. It closes the
+// listener itself too: go-smtp's Close closes only the listeners its Serve
+// has registered, and Serve runs on its own goroutine, so a Close right
+// after Listen could leave the port accepting.
+func (s *Server) Close() error {
+	err := s.srv.Close()
+	_ = s.ln.Close()
+	return err
+}
 
 // SetHooks replaces the hooks while the server runs.
 func (s *Server) SetHooks(h Hooks) {
