@@ -45,6 +45,9 @@ type EmailStatus struct {
 	NextAttemptAt *time.Time        `json:"next_attempt_at,omitempty"`
 	Subject       string            `json:"subject"`
 	Recipients    []RecipientStatus `json:"recipients"`
+	// Metadata is the send's own string pairs, while the queue holds
+	// the email (events carry them too).
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // ErrNotFound is returned when neither asynq nor sendq knows an email.
@@ -106,7 +109,7 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 		rec = &Record{Recipients: map[string]RecipientResult{}}
 		st.Attempts, st.LastError, st.FailureReason, st.SentAt = 0, "", "", nil
 	}
-	st.CreatedAt, st.Subject = e.CreatedAt, e.Subject
+	st.CreatedAt, st.Subject, st.Metadata = e.CreatedAt, e.Subject, e.Metadata
 	st.MaxAttempts = info.MaxRetry + 1
 	if st.LastError == "" {
 		st.LastError = info.LastErr

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -80,6 +82,10 @@ type Email struct {
 	// BodyHash is the SHA-256 of the request body when the request carried
 	// an Idempotency-Key: a repeat with the same key must have the same body.
 	BodyHash string `json:"body_hash,omitempty"`
+
+	// Metadata is the caller's own string pairs (at most 10), echoed in
+	// the status body and in every event of the email.
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // Recipients returns every envelope recipient (To, then Cc, then Bcc) once,
@@ -149,6 +155,7 @@ var (
 		Attachments             []Attachment
 		SendAt                  time.Time
 		BodyHash                string
+		Metadata                map[string]string
 	}(Email{})
 	_ = struct{ Name, Address string }(Address{})
 	_ = struct {
@@ -185,6 +192,12 @@ func encodedSize(e *Email) int {
 		opt("subject", e.Subject) + opt("body", e.Body) + opt("importance", e.Importance) +
 		opt("read_receipt", e.ReadReceipt) + len(`,"delivery_receipt":true`) + opt("return_path", e.ReturnPath) +
 		opt("body_hash", e.BodyHash)
+	if len(e.Metadata) > 0 {
+		n += len(`,"metadata":{}`) + len(e.Metadata) - 1
+		for k, v := range e.Metadata {
+			n += len(`"":""`) + len(k) + len(v)
+		}
+	}
 	if !e.SendAt.IsZero() {
 		n += len(`,"send_at":`) + timeLen
 	}
@@ -253,6 +266,19 @@ func appendEmail(b []byte, e *Email) (_ []byte, ok bool) {
 		}
 	}
 	b = appendOptString(b, `,"body_hash":`, e.BodyHash)
+	if len(e.Metadata) > 0 {
+		// Keys sorted, as encoding/json writes a map.
+		b = append(b, `,"metadata":{`...)
+		for i, k := range slices.Sorted(maps.Keys(e.Metadata)) {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, k)
+			b = append(b, ':')
+			b = appendString(b, e.Metadata[k])
+		}
+		b = append(b, '}')
+	}
 	return append(b, '}'), true
 }
 
