@@ -118,7 +118,16 @@ type Update struct {
 	Recipients map[string]RecipientResult
 	// Reset drops the record before writing (it was Stale).
 	Reset bool
+	// Extra, if set, adds commands to the same round trip, before the
+	// record's: another package's keys under the email's hash tag (the
+	// events of the attempt), so that the record is never written
+	// without them. Its commands must be safe to repeat.
+	Extra Extra
 }
+
+// Extra adds commands to a record's write (Update.Extra) on c, a pipeline
+// or an automatic pipeliner, and returns them so that Save checks them.
+type Extra func(ctx context.Context, c redis.Cmdable) []redis.Cmder
 
 // Save writes u into the record of email id in one round trip. The worker
 // calls it before it acknowledges the task, so a recipient recorded as sent
@@ -151,7 +160,7 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		}
 		fields = append(fields, rcptPrefix+addr, b)
 	}
-	if len(fields) == 0 {
+	if len(fields) == 0 && u.Extra == nil {
 		return nil
 	}
 	// The commands run in order, in one round trip. A MULTI would cost
@@ -161,11 +170,16 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		// The deferred face of an automatic pipeliner: the commands join
 		// the ordered stream that other goroutines' commands share, and
 		// go out in one batch with them.
-		cmds := make([]redis.Cmder, 0, 3)
+		cmds := make([]redis.Cmder, 0, 5)
+		if u.Extra != nil {
+			cmds = append(cmds, u.Extra(ctx, ap)...)
+		}
 		if u.Reset {
 			cmds = append(cmds, ap.Del(ctx, key))
 		}
-		cmds = append(cmds, ap.HSet(ctx, key, fields...), ap.Expire(ctx, key, s.ttl))
+		if len(fields) > 0 {
+			cmds = append(cmds, ap.HSet(ctx, key, fields...), ap.Expire(ctx, key, s.ttl))
+		}
 		for _, c := range cmds {
 			if err := c.Err(); err != nil {
 				return fmt.Errorf("save record: %w", err)
@@ -174,11 +188,16 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		return nil
 	}
 	pipe := s.rdb.Pipeline()
+	if u.Extra != nil {
+		u.Extra(ctx, pipe)
+	}
 	if u.Reset {
 		pipe.Del(ctx, key)
 	}
-	pipe.HSet(ctx, key, fields...)
-	pipe.Expire(ctx, key, s.ttl)
+	if len(fields) > 0 {
+		pipe.HSet(ctx, key, fields...)
+		pipe.Expire(ctx, key, s.ttl)
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("save record: %w", err)
 	}
