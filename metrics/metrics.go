@@ -75,7 +75,7 @@ type Metrics struct {
 // Routes lists the HTTP routes, for initialising label values.
 var Routes = []string{
 	"POST /v1/emails", "GET /v1/emails", "GET /v1/emails/{id}", "POST /v1/emails/{id}/retry",
-	"DELETE /v1/emails/{id}", "other",
+	"DELETE /v1/emails/{id}", "GET /v1/emails/{id}/events", "GET /v1/events", "other",
 }
 
 // Reasons are queue.Reasons (metrics does not import queue; a test keeps
