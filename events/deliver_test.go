@@ -199,3 +199,39 @@ func TestDeliverDoesNotFollowRedirects(t *testing.T) {
 		t.Errorf("the endpoint got %d requests; want 3 (two redirects retried)", n)
 	}
 }
+
+// An endpoint that does not answer within 10 s fails the attempt, which is
+// retried.
+func TestDeliverTimesOutAfterTenSeconds(t *testing.T) {
+	t.Parallel()
+	s := newSecret(t)
+	r := newReceiver(t, s)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		rec := httptest.NewRecorder()
+		r.serve(rec, req)
+		if len(r.got()) == 1 {
+			select { // hang; ends when sendq gives up on the request
+			case <-req.Context().Done():
+				return
+			case <-time.After(3 * events.AttemptTimeout):
+			}
+		}
+		w.WriteHeader(rec.Code)
+	}))
+	t.Cleanup(slow.Close)
+	b := setup(t, setupOpts{endpoints: endpoints(t, slow.URL), secret: s,
+		cfg: func(c *events.DelivererConfig) { c.RetryBase = 5 * time.Millisecond }})
+	start := time.Now()
+	if err := b.log.Emit(context.Background(), "email-slow", sentEvent("email-slow", "a@example.com")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the retry after the timeout", func() bool { return len(r.got()) == 2 })
+	hits := r.got()
+	if gap := hits[1].At.Sub(hits[0].At); gap < events.AttemptTimeout {
+		t.Errorf("the retry came %s after the hanging attempt; want at least the %s timeout", gap, events.AttemptTimeout)
+	}
+	if got := testutil.ToFloat64(b.m.Deliveries.WithLabelValues(events.OutcomeRetry)); got != 1 {
+		t.Errorf("deliveries{retry} = %v; want 1 (the timed-out attempt)", got)
+	}
+	t.Logf("timed out and retried within %s", time.Since(start).Round(time.Millisecond))
+}
