@@ -95,7 +95,7 @@ type Metrics struct {
 var Routes = []string{
 	"POST /v1/emails", "GET /v1/emails", "GET /v1/emails/{id}", "POST /v1/emails/{id}/retry",
 	"DELETE /v1/emails/{id}", "POST /SendEmail", "POST /SendEmailV2", "POST /SendEmailV3",
-	"GET /TestConnection", "other",
+	"GET /TestConnection", "GET /v1/emails/{id}/events", "GET /v1/events", "other",
 }
 
 // Reasons are queue.Reasons (metrics does not import queue; a test keeps

@@ -34,6 +34,7 @@ var requestFields = map[string]string{
 	"from": "From", "to": "To", "cc": "CC", "bcc": "Bcc", "subject": "Subject", "body": "Body",
 	"ishtml": "IsHtml", "importance": "Importance", "attachments": "Attachments",
 	"readreceipt": "ReadReceipt", "deliveryreceipt": "DeliveryReceipt", "sendat": "SendAt",
+	"metadata": "Metadata",
 }
 
 var attachmentFields = map[string]string{
@@ -184,6 +185,11 @@ func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 			return nil, fieldErr("SendAt", "must be an RFC 3339 time such as 2026-01-02T15:04:05Z")
 		}
 		e.SendAt = t
+	}
+	if raw, ok := fields.get("Metadata"); ok {
+		if e.Metadata, err = decodeMetadata(raw); err != nil {
+			return nil, err
+		}
 	}
 
 	if raw, ok := fields.get("Attachments"); ok && !isNull(raw) {

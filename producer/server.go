@@ -20,6 +20,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sendq/sendq/events"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
 )
@@ -64,6 +65,9 @@ type Config struct {
 	// RatePerKey limits POST /v1/emails per API key, across every API
 	// process (GCRA in Redis). Zero: no limit.
 	RatePerKey redis_rate.Limit
+	// Events, if set, answers the event routes and stores the
+	// email.canceled events of a DELETE with the canceled record.
+	Events *events.Log
 	// Logger; if nil, slog.Default().
 	Logger *slog.Logger
 	// Metrics; required.
@@ -138,6 +142,10 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("GET /v1/emails/{id}", a.authorized(a.status))
 	mux.Handle("POST /v1/emails/{id}/retry", a.authorized(a.retry))
 	mux.Handle("DELETE /v1/emails/{id}", a.authorized(a.cancel))
+	if a.cfg.Events != nil {
+		mux.Handle("GET /v1/emails/{id}/events", a.authorized(a.emailEvents))
+		mux.Handle("GET /v1/events", a.authorized(a.eventLog))
+	}
 }
 
 type keyCtx struct{}
@@ -609,8 +617,20 @@ func (a *API) retry(w http.ResponseWriter, r *http.Request, key *APIKey) {
 func (a *API) cancel(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	scope := a.scope(key)
 	a.change(w, r, scope, func(ctx context.Context, id string) error {
-		if err := a.admin.CancelFor(ctx, id, scope); err != nil {
-			return err
+		if a.cfg.Events == nil {
+			if err := a.admin.CancelFor(ctx, id, scope); err != nil {
+				return err
+			}
+		} else {
+			// The email.canceled events are written with the canceled
+			// record; their hand-off follows (or the sweeper's).
+			hook, handOff := a.cfg.Events.Cancel(ctx, a.store)
+			if err := a.admin.CancelFor(ctx, id, scope, hook); err != nil {
+				return err
+			}
+			if err := handOff(context.WithoutCancel(ctx)); err != nil {
+				a.log.Warn("email.canceled events stored; their hand-off is left to the sweeper", "email_id", id, "err", err)
+			}
 		}
 		a.m.EmailsFailed.WithLabelValues(queue.ReasonCanceled).Inc()
 		return nil

@@ -14,6 +14,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/metrics"
@@ -35,6 +36,16 @@ type apiBundle struct {
 
 func setupAPI(t *testing.T, mutate func(*producer.Config)) *apiBundle {
 	t.Helper()
+	return setupAPIRedis(t, func(_ redis.UniversalClient, c *producer.Config) {
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+}
+
+// setupAPIRedis is setupAPI for a mutate that needs the API's Redis client.
+func setupAPIRedis(t *testing.T, mutate func(redis.UniversalClient, *producer.Config)) *apiBundle {
+	t.Helper()
 	rs := redistest.Start(t)
 	rdb, err := queue.NewRedisClient(rs.URL())
 	if err != nil {
@@ -47,9 +58,7 @@ func setupAPI(t *testing.T, mutate func(*producer.Config)) *apiBundle {
 	b.store = queue.NewStore(rdb, time.Hour)
 	client := asynq.NewClientFromRedisClient(rdb)
 	cfg := producer.Config{Metrics: b.m, MaxBodyBytes: 64 << 10}
-	if mutate != nil {
-		mutate(&cfg)
-	}
+	mutate(rdb, &cfg)
 	api, err := producer.New(rdb, client, b.insp, b.store, cfg)
 	if err != nil {
 		t.Fatal(err)

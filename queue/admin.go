@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 )
 
 // ErrWrongState is returned by Retry and Cancel when the email is not in a
@@ -79,14 +80,16 @@ func (a *Admin) RetryFor(ctx context.Context, id, owner string) error {
 }
 
 // Cancel stops a queued, scheduled or retrying email. It stays visible as
-// canceled and can be retried.
-func (a *Admin) Cancel(ctx context.Context, id string) error {
-	return a.CancelFor(ctx, id, "")
+// canceled and can be retried. Each extra, given the email before anything
+// changes, returns commands to write with the canceled record (the events
+// package's email.canceled events); an error from one cancels nothing.
+func (a *Admin) Cancel(ctx context.Context, id string, extra ...func(*Email) (Extra, error)) error {
+	return a.CancelFor(ctx, id, "", extra...)
 }
 
 // CancelFor is Cancel for one owner: another owner's email is ErrNotFound.
 // An empty owner is every owner.
-func (a *Admin) CancelFor(ctx context.Context, id, owner string) error {
+func (a *Admin) CancelFor(ctx context.Context, id, owner string, extra ...func(*Email) (Extra, error)) error {
 	info, err := a.info(id, owner)
 	if err != nil {
 		return err
@@ -96,17 +99,37 @@ func (a *Admin) CancelFor(ctx context.Context, id, owner string) error {
 	default:
 		return &ErrWrongState{Op: "cancel", Status: StateName(info.State)}
 	}
+	var created time.Time
+	var emailOwner string
+	var extras []Extra
+	if e, err := DecodeEmail(info.Payload); err == nil {
+		created, emailOwner = e.CreatedAt, e.Owner
+		for _, f := range extra {
+			x, err := f(e)
+			if err != nil {
+				return err
+			}
+			if x != nil {
+				extras = append(extras, x)
+			}
+		}
+	}
 	// ArchiveTask is atomic in Redis: if a worker took the task since
 	// GetTaskInfo, it fails and the email is delivered, not canceled.
 	if err := a.Inspector.ArchiveTask(Name, id); err != nil {
 		return &ErrWrongState{Op: "cancel", Status: StatusSending}
 	}
-	var created time.Time
-	var emailOwner string
-	if e, err := DecodeEmail(info.Payload); err == nil {
-		created, emailOwner = e.CreatedAt, e.Owner
+	u := Update{State: StatusCanceled, Reason: ReasonCanceled, CreatedAt: created, Owner: emailOwner}
+	if len(extras) > 0 {
+		u.Extra = func(ctx context.Context, c redis.Cmdable) []redis.Cmder {
+			var cmds []redis.Cmder
+			for _, x := range extras {
+				cmds = append(cmds, x(ctx, c)...)
+			}
+			return cmds
+		}
 	}
-	return a.Store.Save(ctx, id, Update{State: StatusCanceled, Reason: ReasonCanceled, CreatedAt: created, Owner: emailOwner})
+	return a.Store.Save(ctx, id, u)
 }
 
 // StateName maps an asynq task state to the email status it shows as.

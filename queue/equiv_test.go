@@ -30,6 +30,12 @@ func FuzzAppendEmail(f *testing.F) {
 			e.Cc = []Address{{Name: "x"}}
 			e.Attachments = []Attachment{}
 		}
+		switch n % 7 {
+		case 3:
+			e.Metadata = map[string]string{name: subj, body: addr, "order": id}
+		case 4:
+			e.Metadata = map[string]string{}
+		}
 		want, werr := json.Marshal(e)
 		got, ok := appendEmail(nil, e)
 		if (werr == nil) != ok {

@@ -48,6 +48,9 @@ type EmailStatus struct {
 	Recipients    []RecipientStatus `json:"recipients"`
 	// Owner is the email's owner (Email.Owner); never shown.
 	Owner string `json:"-"`
+	// Metadata is the send's own string pairs, while the queue holds
+	// the email (events carry them too).
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // ErrNotFound is returned when neither asynq nor sendq knows an email.
@@ -123,7 +126,7 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 		rec = &Record{Recipients: map[string]RecipientResult{}}
 		st.Attempts, st.LastError, st.FailureReason, st.SentAt = 0, "", "", nil
 	}
-	st.CreatedAt, st.Subject, st.Owner = e.CreatedAt, e.Subject, e.Owner
+	st.CreatedAt, st.Subject, st.Owner, st.Metadata = e.CreatedAt, e.Subject, e.Owner, e.Metadata
 	st.MaxAttempts = info.MaxRetry + 1
 	if st.LastError == "" {
 		st.LastError = info.LastErr

@@ -141,7 +141,16 @@ type Update struct {
 	DKIMSignature string
 	// Reset drops the record before writing (it was Stale).
 	Reset bool
+	// Extra, if set, adds commands to the same round trip, before the
+	// record's: another package's keys under the email's hash tag (the
+	// events of the attempt), so that the record is never written
+	// without them. Its commands must be safe to repeat.
+	Extra Extra
 }
+
+// Extra adds commands to a record's write (Update.Extra) on c, a pipeline
+// or an automatic pipeliner, and returns them so that Save checks them.
+type Extra func(ctx context.Context, c redis.Cmdable) []redis.Cmder
 
 // Save writes u into the record of email id in one round trip. The worker
 // calls it before it acknowledges the task, so a recipient recorded as sent
@@ -180,7 +189,7 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		}
 		fields = append(fields, rcptPrefix+addr, b)
 	}
-	if len(fields) == 0 {
+	if len(fields) == 0 && u.Extra == nil {
 		return nil
 	}
 	// The commands run in order, in one round trip. A MULTI would cost
@@ -190,11 +199,16 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		// The deferred face of an automatic pipeliner: the commands join
 		// the ordered stream that other goroutines' commands share, and
 		// go out in one batch with them.
-		cmds := make([]redis.Cmder, 0, 3)
+		cmds := make([]redis.Cmder, 0, 5)
+		if u.Extra != nil {
+			cmds = append(cmds, u.Extra(ctx, ap)...)
+		}
 		if u.Reset {
 			cmds = append(cmds, ap.Del(ctx, key))
 		}
-		cmds = append(cmds, ap.HSet(ctx, key, fields...), ap.Expire(ctx, key, s.ttl))
+		if len(fields) > 0 {
+			cmds = append(cmds, ap.HSet(ctx, key, fields...), ap.Expire(ctx, key, s.ttl))
+		}
 		for _, c := range cmds {
 			if err := c.Err(); err != nil {
 				return fmt.Errorf("save record: %w", err)
@@ -203,11 +217,16 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		return nil
 	}
 	pipe := s.rdb.Pipeline()
+	if u.Extra != nil {
+		u.Extra(ctx, pipe)
+	}
 	if u.Reset {
 		pipe.Del(ctx, key)
 	}
-	pipe.HSet(ctx, key, fields...)
-	pipe.Expire(ctx, key, s.ttl)
+	if len(fields) > 0 {
+		pipe.HSet(ctx, key, fields...)
+		pipe.Expire(ctx, key, s.ttl)
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("save record: %w", err)
 	}
@@ -295,4 +314,27 @@ func (s *Store) ResetFailed(ctx context.Context, id string) error {
 		return fmt.Errorf("reset record: %w", err)
 	}
 	return nil
+}
+
+// Owners returns the owner recorded for each of ids (Email.Owner), in one
+// round trip; an id with no record, or none recorded, maps to "".
+func (s *Store) Owners(ctx context.Context, ids []string) (map[string]string, error) {
+	out := make(map[string]string, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make(map[string]*redis.StringCmd, len(ids))
+	for _, id := range ids {
+		if _, ok := cmds[id]; !ok {
+			cmds[id] = pipe.HGet(ctx, recordKey(id), "owner")
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read owners: %w", err)
+	}
+	for id, c := range cmds {
+		out[id] = c.Val()
+	}
+	return out, nil
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -85,6 +87,9 @@ type Email struct {
 	// that sent it ("key:" and the key's id, never the key) or its tenant
 	// ("tenant:" and the name). Empty when the intake had no keys.
 	Owner string `json:"owner,omitempty"`
+	// Metadata is the caller's own string pairs (at most 10), echoed in
+	// the status body and in every event of the email.
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // Recipients returns every envelope recipient (To, then Cc, then Bcc) once,
@@ -155,6 +160,7 @@ var (
 		SendAt                  time.Time
 		BodyHash                string
 		Owner                   string
+		Metadata                map[string]string
 	}(Email{})
 	_ = struct{ Name, Address string }(Address{})
 	_ = struct {
@@ -191,6 +197,12 @@ func encodedSize(e *Email) int {
 		opt("subject", e.Subject) + opt("body", e.Body) + opt("importance", e.Importance) +
 		opt("read_receipt", e.ReadReceipt) + len(`,"delivery_receipt":true`) + opt("return_path", e.ReturnPath) +
 		opt("body_hash", e.BodyHash) + opt("owner", e.Owner)
+	if len(e.Metadata) > 0 {
+		n += len(`,"metadata":{}`) + len(e.Metadata) - 1
+		for k, v := range e.Metadata {
+			n += len(`"":""`) + len(k) + len(v)
+		}
+	}
 	if !e.SendAt.IsZero() {
 		n += len(`,"send_at":`) + timeLen
 	}
@@ -260,6 +272,19 @@ func appendEmail(b []byte, e *Email) (_ []byte, ok bool) {
 	}
 	b = appendOptString(b, `,"body_hash":`, e.BodyHash)
 	b = appendOptString(b, `,"owner":`, e.Owner)
+	if len(e.Metadata) > 0 {
+		// Keys sorted, as encoding/json writes a map.
+		b = append(b, `,"metadata":{`...)
+		for i, k := range slices.Sorted(maps.Keys(e.Metadata)) {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, k)
+			b = append(b, ':')
+			b = appendString(b, e.Metadata[k])
+		}
+		b = append(b, '}')
+	}
 	return append(b, '}'), true
 }
 

@@ -82,6 +82,9 @@ type Config struct {
 	NoTextPart bool
 	// Store keeps delivery records. Required.
 	Store *queue.Store
+	// Events stores each attempt's events with its record and hands them
+	// to webhook delivery (the events package). If nil, none.
+	Events Events
 	// Logger; if nil, slog.Default().
 	Logger *slog.Logger
 	// Metrics; required.
@@ -159,6 +162,14 @@ func (c *Config) validate() error {
 		return errors.New("worker config: " + strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// Events is what the worker needs of the events package: for one attempt's
+// results, the commands that store its events in the record's write, and
+// the hand-off to run once that write succeeded (a nil hand-off: nothing
+// to do).
+type Events interface {
+	Attempt(e *queue.Email, attempt int, results map[string]queue.RecipientResult) (queue.Extra, func(context.Context) error, error)
 }
 
 // Worker consumes the email queue and delivers through the relays' pools.
@@ -402,6 +413,14 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	default:
 		outcome, u.State, u.SentAt = metrics.OutcomeSent, queue.StatusSent, w.now()
 	}
+	// The attempt's events are stored in the record's write; their
+	// hand-off follows it (a crash in between: the events sweeper).
+	var handOff func(context.Context) error
+	if w.cfg.Events != nil {
+		if u.Extra, handOff, err = w.cfg.Events.Attempt(e, attempt, results); err != nil {
+			log.Error("encode events", "err", err)
+		}
+	}
 	// The record is written before the task is acknowledged: a crash after
 	// this line and before asynq's ack redelivers the task, and the
 	// recipients recorded here are skipped.
@@ -409,6 +428,11 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
 		log.Error("record delivery results", "err", err)
 		return err
+	}
+	if handOff != nil {
+		if err := handOff(context.WithoutCancel(ctx)); err != nil {
+			log.Warn("events stored; their hand-off is left to the sweeper", "err", err)
+		}
 	}
 	w.m.Attempts.WithLabelValues(outcome).Inc()
 	switch outcome {

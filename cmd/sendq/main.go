@@ -30,6 +30,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sendq/sendq/dkim"
+	"github.com/sendq/sendq/events"
 	"github.com/sendq/sendq/internal/bench"
 	"github.com/sendq/sendq/internal/circuit"
 	"github.com/sendq/sendq/internal/config"
@@ -188,8 +189,12 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, reg)
 	insp := asynq.NewInspectorFromRedisClient(rdb)
-	reg.MustRegister(metrics.NewQueueCollector(insp, queue.Name))
+	reg.MustRegister(metrics.NewQueueCollector(insp, queue.Name, events.Queue))
 	store := queue.NewStore(rdb, cfg.RecordTTL())
+	evm := events.NewMetrics(reg)
+	reg.MustRegister(events.NewCollector(rdb, insp))
+	eventsConfig := events.LogConfig{Endpoints: cfg.WebhookEndpoints, Retention: cfg.Retention, TTL: cfg.RecordTTL(),
+		Metrics: evm, Logger: log}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -244,13 +249,17 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			enq = queue.ScriptsPipelined(rdb, ap)
 		}
 		client = asynq.NewClientFromRedisClient(enq)
+		evlog, err := events.NewLog(rdb, client, eventsConfig)
+		if err != nil {
+			return err
+		}
 		api, err := producer.New(rdb, client, insp, store, producer.Config{
 			Keys: keys, AdminKeys: adminKeys, AllowedFrom: allow,
 			Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
 				MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
-			RatePerKey: cfg.RatePerKey,
-			Logger:     log, Metrics: m,
+			RatePerKey: cfg.RatePerKey, Events: evlog,
+			Logger: log, Metrics: m,
 		})
 		if err != nil {
 			return err
@@ -275,6 +284,8 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	}
 
 	var w *worker.Worker
+	var deliverer *events.Deliverer
+	var wclient *asynq.Client
 	if runWorker {
 		smtpURL := cfg.SMTPURL
 		if smtpURL == "" {
@@ -302,15 +313,31 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		if err != nil {
 			return fmt.Errorf("SENDQ_SMTP_ROUTES: %w", err)
 		}
-		// The delivery records of concurrent sends share pipelines too.
-		wstore := store
+		// The delivery records of concurrent sends share pipelines too,
+		// and so do the events written with them and their hand-off.
+		wstore, wrdb, wenq := store, redis.UniversalClient(rdb), redis.UniversalClient(rdb)
 		if cfg.AutoPipeline {
 			ap, err := queue.NewPipeliner(rdb)
 			if err != nil {
 				return err
 			}
 			defer ap.Close() // after the worker's Shutdown, below
-			wstore = queue.NewStore(ap, cfg.RecordTTL())
+			wstore, wrdb, wenq = queue.NewStore(ap, cfg.RecordTTL()), ap, queue.ScriptsPipelined(rdb, ap)
+		}
+		wclient = asynq.NewClientFromRedisClient(wenq)
+		wlog, err := events.NewLog(wrdb, wclient, eventsConfig)
+		if err != nil {
+			return err
+		}
+		// Webhooks have their own asynq server and concurrency: a backlog
+		// of email never delays an event. Its sweeper hands off the events
+		// of any process that died between storing and handing them off.
+		deliverer, err = events.NewDeliverer(rdb, events.DelivererConfig{
+			Endpoints: cfg.WebhookEndpoints, Secrets: cfg.WebhookSecrets, RetryBase: cfg.WebhookRetryBase,
+			Concurrency: cfg.WebhookConcurrency, Log: wlog, Metrics: evm, Logger: log,
+		})
+		if err != nil {
+			return err
 		}
 		var signer *dkim.Signer
 		if cfg.DKIM != "" {
@@ -328,13 +355,21 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
 			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
 			DKIM: signer, NoTextPart: !cfg.TextPart,
-			Store: wstore, Logger: log, Metrics: m,
+			Store: wstore, Events: wlog, Logger: log, Metrics: m,
 		})
 		if err != nil {
 			return err
 		}
-		if err := w.Start(); err != nil {
+		if err := deliverer.Start(); err != nil {
 			return err
+		}
+		if err := w.Start(); err != nil {
+			deliverer.Shutdown()
+			return err
+		}
+		if len(cfg.WebhookEndpoints) > 0 {
+			log.Info("webhooks enabled", "endpoints", len(cfg.WebhookEndpoints), "secrets", cfg.WebhookSecrets.Len(),
+				"retry_base", cfg.WebhookRetryBase, "concurrency", cfg.WebhookConcurrency)
 		}
 		for _, r := range relays {
 			log.Info("relay", "relay", r.Name, "url", r.String())
@@ -346,6 +381,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	if err != nil {
 		if w != nil {
 			w.Shutdown()
+			deliverer.Shutdown()
 		}
 		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
@@ -366,13 +402,17 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 
 	// Shutdown order: (1) stop the intake, so no new 202 is promised;
 	// (2) stop the worker: no new fetches, in-flight sends finish within
-	// the shutdown timeout, then the pool says QUIT; (3) the deferred
+	// the shutdown timeout (and hand off their events), then the pool
+	// says QUIT; (3) stop webhook delivery: the sweeper, then deliveries
+	// in flight (one cut short goes back to its queue); (4) the deferred
 	// closes: Redis client, embedded outbox, embedded Redis.
 	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(hctx)
 	if w != nil {
 		w.Shutdown()
+		deliverer.Shutdown()
+		_ = wclient.Close()
 	}
 	if client != nil {
 		_ = client.Close()

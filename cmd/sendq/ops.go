@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"text/tabwriter"
 	"time"
 
 	"github.com/hibiken/asynq"
 
+	"github.com/sendq/sendq/events"
 	"github.com/sendq/sendq/internal/config"
 	"github.com/sendq/sendq/queue"
 )
@@ -63,9 +65,21 @@ func operate(name string, ids []string, cfg *config.Config, stdout, stderr io.Wr
 			return fail(err)
 		}
 	case "cancel":
-		if err := admin.Cancel(ctx, ids[0]); err != nil {
+		// As DELETE /v1/emails/{id}: the email.canceled events are
+		// written with the canceled record (a sendq worker's sweeper
+		// hands them off if this command cannot).
+		client := asynq.NewClientFromRedisClient(rdb)
+		defer client.Close()
+		evlog, err := events.NewLog(rdb, client, events.LogConfig{Endpoints: cfg.WebhookEndpoints,
+			Retention: cfg.Retention, TTL: cfg.RecordTTL(), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
 			return fail(err)
 		}
+		hook, handOff := evlog.Cancel(ctx, store)
+		if err := admin.Cancel(ctx, ids[0], hook); err != nil {
+			return fail(err)
+		}
+		_ = handOff(ctx)
 	}
 	st, err := (&queue.Lookup{Inspector: insp, Store: store}).Status(ctx, ids[0])
 	if err != nil {

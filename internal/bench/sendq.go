@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sendq/sendq/events"
 	"github.com/sendq/sendq/internal/config"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/producer"
@@ -115,14 +116,20 @@ func (p *sendqProc) newWorker(relayAddr string, pool, concurrency, fetchers int)
 	}
 	// As `sendq serve` does: the records of concurrent deliveries are
 	// read and written in shared batches.
-	store := p.store
+	// Each attempt's events go with its record, and are handed off to
+	// the event log after it (no webhook URLs: the default).
+	store, evrdb := p.store, p.rdb
 	if c.AutoPipeline {
 		aap, err := queue.NewPipeliner(p.rdb)
 		if err != nil {
 			return nil, err
 		}
 		p.aps = append(p.aps, aap)
-		store = queue.NewStore(aap, c.RecordTTL())
+		store, evrdb = queue.NewStore(aap, c.RecordTTL()), aap
+	}
+	evlog, err := events.NewLog(evrdb, nil, events.LogConfig{Retention: c.Retention, TTL: c.RecordTTL(), Logger: p.log})
+	if err != nil {
+		return nil, err
 	}
 	return worker.New(p.rdb, worker.Config{
 		Relay: relay,
@@ -130,7 +137,7 @@ func (p *sendqProc) newWorker(relayAddr string, pool, concurrency, fetchers int)
 			CommandTimeout: c.SMTPTimeout},
 		Concurrency: concurrency, Fetchers: fetchers, RetryBaseDelay: c.RetryBase, RetryMaxDelay: c.RetryMax,
 		MaxAge: c.MaxAge, ShutdownTimeout: c.ShutdownTimeout,
-		Store: store, Logger: p.log, Metrics: p.m,
+		Store: store, Events: evlog, Logger: p.log, Metrics: p.m,
 	})
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-redis/redis_rate/v10"
 
+	"github.com/sendq/sendq/events"
 	"github.com/sendq/sendq/queue"
 )
 
@@ -54,6 +55,11 @@ type Config struct {
 	TextPart        bool
 	LogFormat       string
 	LogLevel        string
+
+	WebhookEndpoints   []events.Endpoint
+	WebhookSecrets     events.Secrets
+	WebhookRetryBase   time.Duration
+	WebhookConcurrency int
 }
 
 // Setting is one configuration item: an environment variable and its flag
@@ -185,6 +191,28 @@ var settings = []Setting{
 		set: str(func(c *Config) *string { return &c.DKIM })},
 	{Env: "SENDQ_TEXT_PART", Flag: "text-part", Def: "true", Help: "give an HTML-only body a text/plain alternative derived from it (multipart/alternative); false: send the HTML alone",
 		set: boolean("SENDQ_TEXT_PART", func(c *Config) *bool { return &c.TextPart })},
+	{Env: "SENDQ_WEBHOOK_URLS", Flag: "webhook-urls", Help: "comma-separated http(s) URLs that receive every event, signed as Standard Webhooks; unset: events are kept for the API only",
+		set: func(c *Config, v string) error {
+			eps, err := events.ParseEndpoints(v)
+			if err != nil {
+				return fmt.Errorf("SENDQ_WEBHOOK_URLS: %w", err)
+			}
+			c.WebhookEndpoints = eps
+			return nil
+		}, secret: true},
+	{Env: "SENDQ_WEBHOOK_SECRET", Flag: "webhook-secret", Help: "whsec_ and the base64 of at least 24 random bytes; several separated by spaces while rotating (each signs every delivery); required with SENDQ_WEBHOOK_URLS",
+		set: func(c *Config, v string) error {
+			s, err := events.ParseSecrets(v)
+			if err != nil {
+				return fmt.Errorf("SENDQ_WEBHOOK_SECRET: %w", err)
+			}
+			c.WebhookSecrets = s
+			return nil
+		}, secret: true},
+	{Env: "SENDQ_WEBHOOK_RETRY_BASE", Flag: "webhook-retry-base", Def: "5s", Help: "first webhook retry delay; the rest of the Standard Webhooks schedule (5m, 30m, 2h, 5h, 10h, 14h, 20h, 24h) keeps its proportion to it",
+		set: duration("SENDQ_WEBHOOK_RETRY_BASE", func(c *Config) *time.Duration { return &c.WebhookRetryBase })},
+	{Env: "SENDQ_WEBHOOK_CONCURRENCY", Flag: "webhook-concurrency", Def: "10", Help: "webhook deliveries one worker process makes at once (its own asynq server, apart from email)",
+		set: integer("SENDQ_WEBHOOK_CONCURRENCY", func(c *Config) *int { return &c.WebhookConcurrency }, 1)},
 	{Env: "SENDQ_OUTBOX_DIR", Flag: "outbox-dir", Def: "./sendq-outbox", Help: "where the embedded SMTP server writes .eml files",
 		set: str(func(c *Config) *string { return &c.OutboxDir })},
 	{Env: "SENDQ_LOG_FORMAT", Flag: "log-format", Def: "text", Help: "text or json",
@@ -252,6 +280,9 @@ func Load(name string, args []string, getenv func(string) string, out io.Writer)
 	}
 	if c.RetryMax < c.RetryBase {
 		errs = append(errs, fmt.Errorf("SENDQ_RETRY_MAX_DELAY (%s) is below SENDQ_RETRY_BASE_DELAY (%s)", c.RetryMax, c.RetryBase))
+	}
+	if len(c.WebhookEndpoints) > 0 && c.WebhookSecrets.Len() == 0 {
+		errs = append(errs, errors.New("SENDQ_WEBHOOK_SECRET is required when SENDQ_WEBHOOK_URLS is set (whsec_ and the base64 of at least 24 random bytes)"))
 	}
 	if c.SMTPTimeout >= c.ShutdownTimeout {
 		errs = append(errs, fmt.Errorf("SENDQ_SMTP_TIMEOUT (%s) must be shorter than SENDQ_SHUTDOWN_TIMEOUT (%s)", c.SMTPTimeout, c.ShutdownTimeout))

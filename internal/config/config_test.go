@@ -137,3 +137,35 @@ func TestDKIMAndTextPart(t *testing.T) {
 		t.Errorf("SENDQ_TEXT_PART=sometimes: %v; want an error naming it", err)
 	}
 }
+
+func TestWebhookSettings(t *testing.T) {
+	const secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" // 24 bytes
+	c, err := Load("serve", nil, env(map[string]string{
+		"SENDQ_WEBHOOK_URLS":   "https://a.example/hooks?token=abc, http://127.0.0.1:9000/",
+		"SENDQ_WEBHOOK_SECRET": secret + " " + secret,
+	}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.WebhookEndpoints) != 2 || c.WebhookSecrets.Len() != 2 || c.WebhookRetryBase != 5*time.Second || c.WebhookConcurrency != 10 {
+		t.Errorf("webhook settings = %+v", c)
+	}
+	for _, tc := range []struct {
+		env  map[string]string
+		name string
+	}{
+		{map[string]string{"SENDQ_WEBHOOK_URLS": "https://a.example/"}, "SENDQ_WEBHOOK_SECRET"},
+		{map[string]string{"SENDQ_WEBHOOK_URLS": "https://a.example/", "SENDQ_WEBHOOK_SECRET": "whsec_c2hvcnQ="}, "SENDQ_WEBHOOK_SECRET"},
+		{map[string]string{"SENDQ_WEBHOOK_URLS": "https://a.example/", "SENDQ_WEBHOOK_SECRET": "hunter2-not-a-secret"}, "SENDQ_WEBHOOK_SECRET"},
+		{map[string]string{"SENDQ_WEBHOOK_URLS": "mailto:x@y.z", "SENDQ_WEBHOOK_SECRET": secret}, "SENDQ_WEBHOOK_URLS"},
+		{map[string]string{"SENDQ_WEBHOOK_RETRY_BASE": "0s"}, "SENDQ_WEBHOOK_RETRY_BASE"},
+	} {
+		_, err := Load("serve", nil, env(tc.env), &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tc.name) {
+			t.Errorf("Load(%v) = %v; want an error naming %s", tc.env, err, tc.name)
+		}
+		if err != nil && (strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "c2hvcnQ")) {
+			t.Errorf("Load error %q shows the secret", err)
+		}
+	}
+}
