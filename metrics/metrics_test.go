@@ -13,6 +13,7 @@ import (
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/suppression"
 )
 
 func TestQueueCollectorOnAFreshAndAFilledRedis(t *testing.T) {
@@ -69,5 +70,11 @@ func labelValue(pairs []*dto.LabelPair, name string) string {
 func TestReasonsMatchTheQueueContract(t *testing.T) {
 	if fmt.Sprint(metrics.Reasons) != fmt.Sprint(queue.Reasons) {
 		t.Errorf("metrics.Reasons = %v; queue.Reasons = %v", metrics.Reasons, queue.Reasons)
+	}
+}
+
+func TestSuppressionReasonsMatchTheList(t *testing.T) {
+	if fmt.Sprint(metrics.SuppressionReasons) != fmt.Sprint(suppression.Reasons) {
+		t.Errorf("metrics.SuppressionReasons = %v; suppression.Reasons = %v", metrics.SuppressionReasons, suppression.Reasons)
 	}
 }

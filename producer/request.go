@@ -34,6 +34,7 @@ var requestFields = map[string]string{
 	"from": "From", "to": "To", "cc": "CC", "bcc": "Bcc", "subject": "Subject", "body": "Body",
 	"ishtml": "IsHtml", "importance": "Importance", "attachments": "Attachments",
 	"readreceipt": "ReadReceipt", "deliveryreceipt": "DeliveryReceipt", "sendat": "SendAt",
+	"listunsubscribe": "ListUnsubscribe", // unsubscribe.go
 }
 
 var attachmentFields = map[string]string{
@@ -190,6 +191,9 @@ func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 			}
 			e.Attachments = append(e.Attachments, a)
 		}
+	}
+	if err := decodeListUnsubscribe(&fields, e); err != nil {
+		return nil, err
 	}
 	return e, nil
 }

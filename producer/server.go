@@ -21,6 +21,8 @@ import (
 
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/suppression"
+	"github.com/sendq/sendq/token"
 )
 
 // Enqueuer stores a task in the queue. *asynq.Client implements it.
@@ -56,6 +58,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics; required.
 	Metrics *metrics.Metrics
+
+	// Suppression is the suppression list, checked for every recipient
+	// at intake and served under /v1/suppressions. Nil: no list
+	// (SENDQ_SUPPRESSION=false).
+	Suppression *suppression.List
+	// Signer verifies one-click unsubscribe tokens. With PublicURL it
+	// lets a send ask for ListUnsubscribe. Nil: no unsubscribe links.
+	Signer *token.Signer
+	// PublicURL is where the API is reached from outside; unsubscribe
+	// links point at it. The worker builds them with the same value.
+	PublicURL string
+	// Notifier hears of unsubscribes. Nil: nobody.
+	Notifier suppression.Notifier
 }
 
 // API is the HTTP intake and status service.
@@ -112,6 +127,13 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("GET /v1/emails/{id}", a.authorized(a.status))
 	mux.Handle("POST /v1/emails/{id}/retry", a.authorized(a.retry))
 	mux.Handle("DELETE /v1/emails/{id}", a.authorized(a.cancel))
+	mux.Handle("GET /v1/suppressions", a.authorized(a.listSuppressions))
+	mux.Handle("GET /v1/suppressions/{address}", a.authorized(a.getSuppression))
+	mux.Handle("PUT /v1/suppressions/{address}", a.authorized(a.putSuppression))
+	mux.Handle("DELETE /v1/suppressions/{address}", a.authorized(a.deleteSuppression))
+	// RFC 8058: the link itself is the credential (a signed token).
+	mux.HandleFunc("GET /v1/unsubscribe/{token}", a.unsubscribePage)
+	mux.HandleFunc("POST /v1/unsubscribe/{token}", a.unsubscribe)
 }
 
 type keyCtx struct{}
@@ -163,6 +185,11 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		WriteError(w, http.StatusBadRequest, "invalid_body", "", err.Error())
 		return
 	}
+	if e.ListUnsubscribe && (a.cfg.Signer == nil || a.cfg.PublicURL == "") {
+		WriteError(w, http.StatusBadRequest, "invalid_field", "ListUnsubscribe",
+			"this server makes no unsubscribe links: it needs SENDQ_PUBLIC_URL and SENDQ_SIGNING_KEY")
+		return
+	}
 	for _, f := range []struct{ field, addr string }{{"From", e.From.Address}, {"DeliveryReceipt", e.ReturnPath}} {
 		if f.addr == "" {
 			continue
@@ -208,6 +235,11 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 				fmt.Sprintf("this API key may send %s; retry after %s", a.cfg.RatePerKey, res.RetryAfter.Round(time.Millisecond)))
 			return
 		}
+	}
+
+	if err := a.checkSuppressed(ctx, e); err != nil {
+		a.unavailable(w, err)
+		return
 	}
 
 	task, err := queue.NewTask(e)
@@ -260,7 +292,27 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	}
 	// From here on the email is in Redis: it is accepted.
 	a.m.EmailsAccepted.Inc()
+	a.m.RecipientsSuppressed.WithLabelValues(metrics.StageIntake).Add(float64(len(e.Suppressed)))
 	a.accepted(w, e.ID, initialStatus(e))
+}
+
+// checkSuppressed notes in e the recipients on the suppression list: the
+// email is still accepted for the others, and these are never sent to.
+func (a *API) checkSuppressed(ctx context.Context, e *queue.Email) error {
+	if a.cfg.Suppression == nil {
+		return nil
+	}
+	rcpts := e.Recipients()
+	found, err := a.cfg.Suppression.Check(ctx, rcpts)
+	if err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		if en, ok := found[r]; ok {
+			e.Suppressed = append(e.Suppressed, queue.Suppressed{Address: r, Reason: en.Reason})
+		}
+	}
+	return nil
 }
 
 // initialStatus is the status the 202 reports: queued, or scheduled for a

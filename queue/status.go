@@ -30,6 +30,8 @@ type RecipientStatus struct {
 	EnhancedCode string    `json:"enhanced_code,omitempty"`
 	Message      string    `json:"message,omitempty"`
 	UpdatedAt    time.Time `json:"updated_at,omitzero"`
+	// Reason is why a suppressed recipient is on the suppression list.
+	Reason string `json:"reason,omitempty"`
 }
 
 // EmailStatus is the body of GET /v1/emails/{id}.
@@ -142,8 +144,10 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 		for _, a := range kind.list {
 			rs := RecipientStatus{Address: a.Address, Kind: kind.name, Status: RecipientPending}
 			if r, ok := rec.Recipients[a.Address]; ok {
-				rs.Status, rs.UpdatedAt = r.Status, r.UpdatedAt
+				rs.Status, rs.UpdatedAt, rs.Reason = r.Status, r.UpdatedAt, r.Reason
 				rs.Code, rs.EnhancedCode, rs.Message = r.Reply.Code, r.Reply.EnhancedCode, r.Reply.Message
+			} else if why, ok := e.SuppressedReason(a.Address); ok {
+				rs.Status, rs.Reason = RecipientSuppressed, why // found so at intake
 			}
 			st.Recipients = append(st.Recipients, rs)
 		}
@@ -155,7 +159,7 @@ func recordRecipients(rec *Record) []RecipientStatus {
 	out := make([]RecipientStatus, 0, len(rec.Recipients))
 	for addr, r := range rec.Recipients {
 		out = append(out, RecipientStatus{
-			Address: addr, Status: r.Status, UpdatedAt: r.UpdatedAt,
+			Address: addr, Status: r.Status, UpdatedAt: r.UpdatedAt, Reason: r.Reason,
 			Code: r.Reply.Code, EnhancedCode: r.Reply.EnhancedCode, Message: r.Reply.Message,
 		})
 	}

@@ -2,12 +2,16 @@
 # Installs what the test suite needs from Debian's packages when it is
 # missing: redis-server and redis-cli (the tests start their own private
 # servers and a 3-node cluster on free loopback ports; they never use a
-# Redis that is already running) and chromium (the web UI test).
+# Redis that is already running), chromium (the web UI test) and postfix
+# (the asynchronous-bounce test runs a private instance from its own
+# config and queue directories on loopback ports; the package is installed
+# with "No configuration" so no system mail service is set up or started).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ -x /usr/sbin/postfix ] || need+=(postfix)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
@@ -20,5 +24,9 @@ if [ "$(id -u)" != "0" ]; then
   fi
 fi
 $SUDO apt-get update -qq
+if printf '%s\n' "${need[@]}" | grep -qx postfix; then
+  # No main.cf, no mail name, no service: the tests bring their own.
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+fi
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v chromium >/dev/null
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v chromium >/dev/null && [ -x /usr/sbin/postfix ]

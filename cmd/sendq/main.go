@@ -4,6 +4,7 @@
 //	sendq serve    intake and worker in one process
 //	sendq api      intake only
 //	sendq worker   worker only (run as many as you like on one Redis)
+//	sendq inbound  the bounce listener only (SMTP on SENDQ_INBOUND_ADDR)
 //
 // Configuration comes from the environment, each variable with a flag twin;
 // `sendq help` lists them.
@@ -29,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sendq/sendq/inbound"
 	"github.com/sendq/sendq/internal/bench"
 	"github.com/sendq/sendq/internal/config"
 	"github.com/sendq/sendq/internal/outbox"
@@ -36,6 +38,8 @@ import (
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/suppression"
+	"github.com/sendq/sendq/token"
 	"github.com/sendq/sendq/worker"
 )
 
@@ -47,6 +51,7 @@ Usage:
   sendq serve    [flags]   intake and worker in one process (what a newcomer runs)
   sendq api      [flags]   intake only
   sendq worker   [flags]   worker only; run as many as you like on one Redis
+  sendq inbound  [flags]   the bounce listener only: SMTP on SENDQ_INBOUND_ADDR for SENDQ_BOUNCE_DOMAIN
   sendq healthcheck [flags]  exit 0 if the local process answers /healthz (for container health checks)
   sendq status ID          print an email's status (reads REDIS_URL)
   sendq queues             print queue depths
@@ -65,7 +70,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	name := args[0]
 	switch name {
-	case "serve", "api", "worker", "healthcheck", "status", "queues", "retry", "cancel":
+	case "serve", "api", "worker", "inbound", "healthcheck", "status", "queues", "retry", "cancel":
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -151,10 +156,30 @@ func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 	r.l.Warn(fmt.Sprintf(format, v...))
 }
 
-// serve builds the components for mode (serve, api or worker), runs them
-// until ctx is canceled, then stops them in order.
+// serve builds the components for mode (serve, api, worker or inbound),
+// runs them until ctx is canceled, then stops them in order.
 func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logger) error {
-	runAPI, runWorker := mode != "worker", mode != "api"
+	runAPI, runWorker := mode == "serve" || mode == "api", mode == "serve" || mode == "worker"
+	runInbound := mode == "inbound" || (mode == "serve" && cfg.BounceDomain != "")
+	if mode == "inbound" && cfg.BounceDomain == "" {
+		return errors.New("sendq inbound needs SENDQ_BOUNCE_DOMAIN (and SENDQ_SIGNING_KEY)")
+	}
+	var signer *token.Signer
+	if cfg.SigningKey != "" {
+		var err error
+		if signer, err = token.NewSigner(cfg.SigningKey); err != nil {
+			return fmt.Errorf("SENDQ_SIGNING_KEY: %w", err)
+		}
+	}
+	// The lead wires the events package here; until then nobody hears.
+	var notifier suppression.Notifier
+	// newList returns the suppression list on rdb, or nil when it is off.
+	newList := func(rdb redis.UniversalClient) *suppression.List {
+		if !cfg.Suppression {
+			return nil
+		}
+		return suppression.New(rdb)
+	}
 
 	// Redis: the configured one, or an embedded in-memory one.
 	redisURL := cfg.RedisURL
@@ -229,12 +254,23 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			enq = queue.ScriptsPipelined(rdb, ap)
 		}
 		client = asynq.NewClientFromRedisClient(enq)
+		// The intake's suppression checks share pipelines too.
+		var checks redis.UniversalClient = rdb
+		if cfg.AutoPipeline {
+			ap, err := queue.NewPipeliner(rdb)
+			if err != nil {
+				return err
+			}
+			defer ap.Close()
+			checks = ap
+		}
 		api, err := producer.New(rdb, client, insp, store, producer.Config{
 			Keys: keys, AllowedFrom: allow,
 			Limits:       producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom},
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
 			RatePerKey: cfg.RatePerKey,
 			Logger:     log, Metrics: m,
+			Suppression: newList(checks), Signer: signer, PublicURL: cfg.PublicURL, Notifier: notifier,
 		})
 		if err != nil {
 			return err
@@ -280,14 +316,14 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			return fmt.Errorf("SENDQ_SMTP_URL: %w", err)
 		}
 		// The delivery records of concurrent sends share pipelines too.
-		wstore := store
+		wstore, wlist := store, newList(rdb)
 		if cfg.AutoPipeline {
 			ap, err := queue.NewPipeliner(rdb)
 			if err != nil {
 				return err
 			}
 			defer ap.Close() // after the worker's Shutdown, below
-			wstore = queue.NewStore(ap, cfg.RecordTTL())
+			wstore, wlist = queue.NewStore(ap, cfg.RecordTTL()), newList(ap)
 		}
 		w, err = worker.New(rdb, worker.Config{
 			Relay: relay,
@@ -296,6 +332,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
 			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
 			Store: wstore, Logger: log, Metrics: m,
+			Suppression: wlist, Notifier: notifier, Signer: signer, BounceDomain: cfg.BounceDomain, PublicURL: cfg.PublicURL,
 		})
 		if err != nil {
 			return err
@@ -306,10 +343,38 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		log.Info("worker started", "relay", relay.String(), "pool_size", cfg.PoolSize, "concurrency", cfg.Concurrency, "fetchers", cfg.Fetchers)
 	}
 
+	var in *inbound.Server
+	inboundErr := make(chan error, 1)
+	if runInbound {
+		var err error
+		in, err = inbound.New(inbound.Config{
+			Domain: cfg.BounceDomain, Signer: signer, Store: store, Suppression: newList(rdb), Notifier: notifier,
+			MaxMessageBytes: cfg.InboundMaxBytes, Logger: log.With("component", "inbound"), Metrics: m,
+		})
+		if err == nil {
+			var iln net.Listener
+			if iln, err = net.Listen("tcp", cfg.InboundAddr); err == nil {
+				go func() { inboundErr <- in.Serve(iln) }() // ends when in.Shutdown is called
+				log.Info("inbound listening", "addr", iln.Addr().String(), "domain", cfg.BounceDomain)
+			} else {
+				err = fmt.Errorf("listen %s: %w", cfg.InboundAddr, err)
+			}
+		}
+		if err != nil {
+			if w != nil {
+				w.Shutdown()
+			}
+			return err
+		}
+	}
+
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		if w != nil {
 			w.Shutdown()
+		}
+		if in != nil {
+			_ = in.Close()
 		}
 		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
@@ -324,15 +389,21 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		log.Info("stopping: signal received")
 	case err := <-serveErr:
 		runErr = fmt.Errorf("http server: %w", err)
+	case err := <-inboundErr:
+		runErr = fmt.Errorf("inbound server: %w", err)
 	}
 
-	// Shutdown order: (1) stop the intake, so no new 202 is promised;
+	// Shutdown order: (1) stop the intake, so no new 202 is promised, and
+	// the inbound listener (a report cut off is retried by its sender);
 	// (2) stop the worker: no new fetches, in-flight sends finish within
 	// the shutdown timeout, then the pool says QUIT; (3) the deferred
 	// closes: Redis client, embedded outbox, embedded Redis.
 	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(hctx)
+	if in != nil {
+		_ = in.Shutdown(hctx)
+	}
 	if w != nil {
 		w.Shutdown()
 	}
