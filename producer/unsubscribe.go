@@ -70,8 +70,13 @@ func (a *API) unsubscribe(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxUnsubscribeBody)
-	err := r.ParseMultipartForm(maxUnsubscribeBody)
-	if err != nil && !errors.Is(err, http.ErrNotMultipart) {
+	var err error
+	if mt == "multipart/form-data" {
+		err = r.ParseMultipartForm(maxUnsubscribeBody)
+	} else {
+		err = r.ParseForm() // ParseMultipartForm would drop its error
+	}
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			WriteError(w, http.StatusRequestEntityTooLarge, "body_too_large", "", "the form is larger than 16 KiB")
