@@ -267,6 +267,9 @@ func typedAddress(v string) (string, error) {
 		return "", nil
 	}
 	addr = strings.TrimSpace(addr)
+	if strings.HasPrefix(addr, "<") != strings.HasSuffix(addr, ">") {
+		return "", errors.New("unbalanced angle brackets")
+	}
 	addr = strings.TrimSuffix(strings.TrimPrefix(addr, "<"), ">")
 	if len(addr) > 254 || strings.ContainsAny(addr, " \t\r\n<>,;") || strings.Count(addr, "@") != 1 {
 		return "", errors.New("not an address")

@@ -162,9 +162,11 @@ func (se *session) Data(r io.Reader) error {
 	// Parse may stop early; the rest of the message must still be read
 	// (and a message over the cap is refused only once that is known).
 	if _, cerr := io.Copy(io.Discard, r); cerr != nil {
+		reason := metrics.InboundUnparseable // a line over the limit, a cut connection
 		if errors.Is(cerr, smtp.ErrDataTooLarge) {
-			se.s.m.InboundRejected.WithLabelValues(metrics.InboundTooLarge).Inc()
+			reason = metrics.InboundTooLarge
 		}
+		se.s.m.InboundRejected.WithLabelValues(reason).Inc()
 		return cerr
 	}
 	if err != nil {
