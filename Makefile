@@ -13,9 +13,9 @@ help: ## list the targets
 run: ## run sendq (API + worker) on embedded Redis and an .eml outbox
 	$(GO) run ./cmd/sendq serve
 
-test: ## the whole suite: installs redis-server, redis-cli, chromium if missing; go test -race
+test: ## the whole suite: installs redis-server, redis-cli, chromium, postfix if missing; go test -race
 	./scripts/ensure-test-deps.sh
-	SENDQ_TEST_REQUIRE_REDIS=1 SENDQ_TEST_REQUIRE_BROWSER=1 $(GO) test -race -count=1 ./...
+	SENDQ_TEST_REQUIRE_REDIS=1 SENDQ_TEST_REQUIRE_BROWSER=1 SENDQ_TEST_REQUIRE_POSTFIX=1 $(GO) test -race -count=1 ./...
 
 test-short: ## go test without -race (faster, for a quick loop)
 	$(GO) test -count=1 ./...
