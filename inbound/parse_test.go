@@ -163,3 +163,13 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParsePostfixDSN(b *testing.B) {
+	msg := readFile(b, "postfix-dsn.eml")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := inbound.Parse(bytes.NewReader(msg)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

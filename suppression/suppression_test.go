@@ -230,3 +230,21 @@ func TestOnACluster(t *testing.T) {
 		t.Errorf("40 addresses fall in %d slots; want them spread", len(slots))
 	}
 }
+
+// BenchmarkCheck is the worker's extra round trip per email: three
+// recipients, one suppressed.
+func BenchmarkCheck(b *testing.B) {
+	rdb := redistest.Start(b).Client(b)
+	l := suppression.New(rdb)
+	ctx := context.Background()
+	if _, err := l.Add(ctx, suppression.Entry{Address: "b@example.com", Reason: suppression.ReasonManual}); err != nil {
+		b.Fatal(err)
+	}
+	addrs := []string{"a@example.com", "b@example.com", "c@example.com"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if got, err := l.Check(ctx, addrs); err != nil || len(got) != 1 {
+			b.Fatal(got, err)
+		}
+	}
+}
