@@ -13,10 +13,10 @@ help: ## list the targets
 run: ## run sendq (API + worker) on embedded Redis and an .eml outbox
 	$(GO) run ./cmd/sendq serve
 
-test: ## the whole suite: installs redis-server, chromium, python3, python3-dkim, spamassassin, promtool if missing; go test -race
+test: ## the whole suite: installs redis-server, chromium, python3, python3-dkim, spamassassin, promtool, postfix if missing; go test -race
 	./scripts/ensure-test-deps.sh
 	SENDQ_TEST_REQUIRE_REDIS=1 SENDQ_TEST_REQUIRE_BROWSER=1 SENDQ_TEST_REQUIRE_PYTHON=1 SENDQ_TEST_REQUIRE_DKIMPY=1 \
-	  SENDQ_TEST_REQUIRE_SPAMASSASSIN=1 SENDQ_TEST_REQUIRE_PROMTOOL=1 $(GO) test -race -count=1 ./...
+	  SENDQ_TEST_REQUIRE_SPAMASSASSIN=1 SENDQ_TEST_REQUIRE_PROMTOOL=1 SENDQ_TEST_REQUIRE_POSTFIX=1 $(GO) test -race -count=1 ./...
 
 test-short: ## go test without -race (faster, for a quick loop)
 	$(GO) test -count=1 ./...

@@ -89,18 +89,67 @@ type Metrics struct {
 	RelayUp      *prometheus.GaugeVec   // relay
 	RelayCircuit *prometheus.GaugeVec   // relay
 	RelaySends   *prometheus.CounterVec // relay, outcome
+
+	RecipientsSuppressed *prometheus.CounterVec // stage: intake, delivery
+	SuppressionsAdded    *prometheus.CounterVec // reason
+	InboundRejected      *prometheus.CounterVec // reason
+	InboundReports       *prometheus.CounterVec // type, result
 }
+
+// Suppression stages: where a suppressed recipient was stopped.
+const (
+	StageIntake   = "intake"
+	StageDelivery = "delivery"
+)
+
+// SuppressionReasons are suppression.Reasons (a test keeps them equal).
+var SuppressionReasons = []string{"hard_bounce", "complaint", "unsubscribe", "manual"}
+
+// Why the inbound listener refused or ignored a message as a whole.
+const (
+	InboundForgedToken = "forged_token"   // RCPT to an address that is no valid token: 550 5.1.1
+	InboundTooLarge    = "too_large"      // over the size cap: 552
+	InboundUnparseable = "unparseable"    // not a MIME message sendq can read
+	InboundNotReport   = "not_report"     // readable, but no delivery status or complaint report (an auto-reply)
+	InboundMismatch    = "mismatched_ref" // its X-Sendq-Ref names another email than its envelope token
+)
+
+// InboundRejectReasons lists every InboundRejected reason.
+var InboundRejectReasons = []string{InboundForgedToken, InboundTooLarge, InboundUnparseable, InboundNotReport, InboundMismatch}
+
+// Report types and results of the inbound listener, per recipient a
+// report names.
+const (
+	ReportBounce    = "bounce"    // Action: failed with a 5.x.x status
+	ReportDelay     = "delay"     // Action: delayed
+	ReportDelivery  = "delivery"  // Action: delivered (or relayed, expanded)
+	ReportComplaint = "complaint" // an RFC 5965 feedback report
+	ReportOther     = "other"     // anything else (failed with 4.x.x)
+
+	ReportApplied          = "applied"           // the record, the list or a notice changed
+	ReportUnknownRecipient = "unknown_recipient" // the email had no such recipient (or none that was sent)
+	ReportUnchanged        = "unchanged"         // a repeat, or nothing to change
+)
+
+// ReportTypes and ReportResults list the label values of InboundReports.
+var (
+	ReportTypes   = []string{ReportBounce, ReportDelay, ReportDelivery, ReportComplaint, ReportOther}
+	ReportResults = []string{ReportApplied, ReportUnknownRecipient, ReportUnchanged}
+)
 
 // Routes lists the HTTP routes, for initialising label values.
 var Routes = []string{
 	"POST /v1/emails", "GET /v1/emails", "GET /v1/emails/{id}", "POST /v1/emails/{id}/retry",
 	"DELETE /v1/emails/{id}", "POST /SendEmail", "POST /SendEmailV2", "POST /SendEmailV3",
-	"GET /TestConnection", "GET /v1/emails/{id}/events", "GET /v1/events", "other",
+	"GET /TestConnection", "GET /v1/emails/{id}/events", "GET /v1/events",
+	"GET /v1/suppressions", "GET /v1/suppressions/{address}",
+	"PUT /v1/suppressions/{address}", "DELETE /v1/suppressions/{address}",
+	"GET /v1/unsubscribe/{token}", "POST /v1/unsubscribe/{token}", "other",
 }
 
 // Reasons are queue.Reasons (metrics does not import queue; a test keeps
 // the two lists equal).
-var Reasons = []string{"permanent", "transient", "expired", "canceled", "invalid", "too_large", "unsupported", "archived"}
+var Reasons = []string{"permanent", "transient", "expired", "canceled", "invalid", "too_large", "unsupported", "archived", "suppressed"}
 
 // New registers sendq's collectors, the Go and process collectors and a
 // build-info gauge on reg. gatherer serves /metrics.
@@ -159,6 +208,28 @@ func New(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
 	m.RelaySends = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "relay_sends_total",
 		Help: "Transactions per relay by outcome (delivered, rejected, failed, skipped: circuit open, aborted)."}, []string{"relay", "outcome"})
 
+	m.RecipientsSuppressed = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "recipients_suppressed_total",
+		Help: "Recipients not sent to because they are on the suppression list, by where they were stopped (intake, delivery)."}, []string{"stage"})
+	m.SuppressionsAdded = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "suppressions_added_total",
+		Help: "Addresses added to the suppression list, by reason."}, []string{"reason"})
+	m.InboundRejected = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "inbound_rejected_total",
+		Help: "Messages to the bounce listener refused or ignored as a whole, by reason."}, []string{"reason"})
+	m.InboundReports = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "inbound_reports_total",
+		Help: "Recipients named by delivery status and complaint reports, by report type and result."}, []string{"type", "result"})
+	for _, st := range []string{StageIntake, StageDelivery} {
+		m.RecipientsSuppressed.WithLabelValues(st)
+	}
+	for _, r := range SuppressionReasons {
+		m.SuppressionsAdded.WithLabelValues(r)
+	}
+	for _, r := range InboundRejectReasons {
+		m.InboundRejected.WithLabelValues(r)
+	}
+	for _, ty := range ReportTypes {
+		for _, r := range ReportResults {
+			m.InboundReports.WithLabelValues(ty, r)
+		}
+	}
 	for _, r := range Reasons {
 		m.EmailsFailed.WithLabelValues(r)
 		m.RecipientsFail.WithLabelValues(r)
@@ -173,7 +244,7 @@ func New(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
 	}
 	for _, r := range Routes {
 		m.HTTPDuration.WithLabelValues(r)
-		for _, code := range []int{200, 202, 400, 401, 403, 404, 409, 413, 415, 429, 503} {
+		for _, code := range []int{200, 201, 202, 400, 401, 403, 404, 409, 413, 415, 429, 503} {
 			m.HTTPRequests.WithLabelValues(r, strconv.Itoa(code))
 		}
 	}

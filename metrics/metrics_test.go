@@ -13,6 +13,7 @@ import (
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/suppression"
 )
 
 func TestQueueCollectorOnAFreshAndAFilledRedis(t *testing.T) {
@@ -88,5 +89,11 @@ func TestInitRelaysStartsEverySeries(t *testing.T) {
 		if up, st := testutil.ToFloat64(m.RelayUp.WithLabelValues(r)), testutil.ToFloat64(m.RelayCircuit.WithLabelValues(r)); up != 1 || st != 0 {
 			t.Errorf("relay %s: up %v, circuit %v; want 1 (not known bad) and 0 (closed)", r, up, st)
 		}
+	}
+}
+
+func TestSuppressionReasonsMatchTheList(t *testing.T) {
+	if fmt.Sprint(metrics.SuppressionReasons) != fmt.Sprint(suppression.Reasons) {
+		t.Errorf("metrics.SuppressionReasons = %v; suppression.Reasons = %v", metrics.SuppressionReasons, suppression.Reasons)
 	}
 }

@@ -34,7 +34,8 @@ var requestFields = map[string]string{
 	"from": "From", "to": "To", "cc": "CC", "bcc": "Bcc", "subject": "Subject", "body": "Body",
 	"ishtml": "IsHtml", "importance": "Importance", "attachments": "Attachments",
 	"readreceipt": "ReadReceipt", "deliveryreceipt": "DeliveryReceipt", "sendat": "SendAt",
-	"metadata": "Metadata",
+	"metadata":        "Metadata",
+	"listunsubscribe": "ListUnsubscribe", // unsubscribe.go
 }
 
 var attachmentFields = map[string]string{
@@ -206,6 +207,9 @@ func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 		}
 	}
 	if err := validate(e, lim); err != nil {
+		return nil, err
+	}
+	if err := decodeListUnsubscribe(&fields, e); err != nil {
 		return nil, err
 	}
 	return e, nil

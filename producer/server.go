@@ -23,6 +23,8 @@ import (
 	"github.com/sendq/sendq/events"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/suppression"
+	"github.com/sendq/sendq/token"
 )
 
 // Enqueuer stores a task in the queue. *asynq.Client implements it.
@@ -72,6 +74,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics; required.
 	Metrics *metrics.Metrics
+
+	// Suppression is the suppression list, checked for every recipient
+	// at intake and served under /v1/suppressions. Nil: no list
+	// (SENDQ_SUPPRESSION=false).
+	Suppression *suppression.List
+	// Signer verifies one-click unsubscribe tokens. With PublicURL it
+	// lets a send ask for ListUnsubscribe. Nil: no unsubscribe links.
+	Signer *token.Signer
+	// PublicURL is where the API is reached from outside; unsubscribe
+	// links point at it. The worker builds them with the same value.
+	PublicURL string
+	// Notifier hears of unsubscribes. Nil: nobody.
+	Notifier suppression.Notifier
 }
 
 // API is the HTTP intake and status service.
@@ -146,6 +161,13 @@ func (a *API) Register(mux *http.ServeMux) {
 		mux.Handle("GET /v1/emails/{id}/events", a.authorized(a.emailEvents))
 		mux.Handle("GET /v1/events", a.authorized(a.eventLog))
 	}
+	mux.Handle("GET /v1/suppressions", a.authorized(a.listSuppressions))
+	mux.Handle("GET /v1/suppressions/{address}", a.authorized(a.getSuppression))
+	mux.Handle("PUT /v1/suppressions/{address}", a.authorized(a.putSuppression))
+	mux.Handle("DELETE /v1/suppressions/{address}", a.authorized(a.deleteSuppression))
+	// RFC 8058: the link itself is the credential (a signed token).
+	mux.HandleFunc("GET /v1/unsubscribe/{token}", a.unsubscribePage)
+	mux.HandleFunc("POST /v1/unsubscribe/{token}", a.unsubscribe)
 }
 
 type keyCtx struct{}
@@ -229,6 +251,11 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		WriteError(w, http.StatusBadRequest, "invalid_body", "", err.Error())
 		return
 	}
+	if e.ListUnsubscribe && (a.cfg.Signer == nil || a.cfg.PublicURL == "") {
+		WriteError(w, http.StatusBadRequest, "invalid_field", "ListUnsubscribe",
+			"this server makes no unsubscribe links: it needs SENDQ_PUBLIC_URL and SENDQ_SIGNING_KEY")
+		return
+	}
 	// Every address that mail or reports about it go to on the sender's
 	// behalf is held to the allow-lists: the envelope sender (where DSNs
 	// go) and the read-receipt address (where MDNs go).
@@ -278,6 +305,11 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 				fmt.Sprintf("this API key may send %s; retry after %s", a.cfg.RatePerKey, res.RetryAfter.Round(time.Millisecond)))
 			return
 		}
+	}
+
+	if err := a.checkSuppressed(ctx, e); err != nil {
+		a.unavailable(w, err)
+		return
 	}
 
 	task, err := queue.NewTask(e)
@@ -330,6 +362,7 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	}
 	// From here on the email is in Redis: it is accepted.
 	a.m.EmailsAccepted.Inc()
+	a.m.RecipientsSuppressed.WithLabelValues(metrics.StageIntake).Add(float64(len(e.Suppressed)))
 	a.accepted(w, e.ID, initialStatus(e))
 }
 
@@ -345,6 +378,25 @@ func (a *API) readTimedOut(w http.ResponseWriter) {
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(5 * time.Second))
 	w.Header().Set("Connection", "close")
 	WriteError(w, http.StatusRequestTimeout, "request_timeout", "", "the body did not arrive within the server's read timeout")
+}
+
+// checkSuppressed notes in e the recipients on the suppression list: the
+// email is still accepted for the others, and these are never sent to.
+func (a *API) checkSuppressed(ctx context.Context, e *queue.Email) error {
+	if a.cfg.Suppression == nil {
+		return nil
+	}
+	rcpts := e.Recipients()
+	found, err := a.cfg.Suppression.Check(ctx, rcpts)
+	if err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		if en, ok := found[r]; ok {
+			e.Suppressed = append(e.Suppressed, queue.Suppressed{Address: r, Reason: en.Reason})
+		}
+	}
+	return nil
 }
 
 // initialStatus is the status the 202 reports: queued, or scheduled for a

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // FuzzAppendEmail keeps the hand-written payload encoder byte for byte
@@ -45,4 +46,41 @@ func FuzzAppendEmail(f *testing.F) {
 			t.Fatalf("got\n%s\nwant\n%s", got, want)
 		}
 	})
+}
+
+// FuzzAppendEmailSuppression covers the fields of suppression and
+// one-click unsubscribe the same way.
+func FuzzAppendEmailSuppression(f *testing.F) {
+	f.Add("id-1", "a@b.c", "hard_bounce", true, 2)
+	f.Add("", "\u2028<&>\xff", "", false, 0)
+	f.Fuzz(func(t *testing.T, id, addr, reason string, lu bool, n int) {
+		e := &Email{V: 1, ID: id, CreatedAt: time.Unix(1700000000, 0).UTC(), From: Address{Address: addr},
+			To: []Address{{Address: addr}}, ListUnsubscribe: lu}
+		for i := 0; i < n%4; i++ {
+			e.Suppressed = append(e.Suppressed, Suppressed{Address: addr, Reason: reason})
+		}
+		if n%5 == 4 {
+			e.Suppressed = []Suppressed{}
+		}
+		want, werr := json.Marshal(e)
+		got, ok := appendEmail(nil, e)
+		if werr != nil || !ok {
+			t.Fatalf("ok %v, json err %v", ok, werr)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("got\n%s\nwant\n%s", got, want)
+		}
+		if len(got) > encodedSize(e) && !bytes.ContainsAny([]byte(addr+reason+id), "\"\\<>&\u2028\u2029") && utf8.ValidString(addr+reason+id) && !hasCtl(addr+reason+id) {
+			t.Errorf("encodedSize %d < %d for a payload without escapes", encodedSize(e), len(got))
+		}
+	})
+}
+
+func hasCtl(s string) bool {
+	for _, c := range []byte(s) {
+		if c < 0x20 {
+			return true
+		}
+	}
+	return false
 }

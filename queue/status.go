@@ -31,6 +31,8 @@ type RecipientStatus struct {
 	Message      string    `json:"message,omitempty"`
 	Relay        string    `json:"relay,omitempty"` // the relay that gave the reply (accepted it, when sent)
 	UpdatedAt    time.Time `json:"updated_at,omitzero"`
+	// Reason is why a suppressed recipient is on the suppression list.
+	Reason string `json:"reason,omitempty"`
 }
 
 // EmailStatus is the body of GET /v1/emails/{id}.
@@ -171,9 +173,11 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 		for _, a := range kind.list {
 			rs := RecipientStatus{Address: a.Address, Kind: kind.name, Status: RecipientPending}
 			if r, ok := rec.Recipients[a.Address]; ok {
-				rs.Status, rs.UpdatedAt = r.Status, r.UpdatedAt
+				rs.Status, rs.UpdatedAt, rs.Reason = r.Status, r.UpdatedAt, r.Reason
 				rs.Code, rs.EnhancedCode, rs.Message = r.Reply.Code, r.Reply.EnhancedCode, r.Reply.Message
 				rs.Relay = r.Relay
+			} else if why, ok := e.SuppressedReason(a.Address); ok {
+				rs.Status, rs.Reason = RecipientSuppressed, why // found so at intake
 			}
 			st.Recipients = append(st.Recipients, rs)
 		}
@@ -185,7 +189,7 @@ func recordRecipients(rec *Record) []RecipientStatus {
 	out := make([]RecipientStatus, 0, len(rec.Recipients))
 	for addr, r := range rec.Recipients {
 		out = append(out, RecipientStatus{
-			Address: addr, Status: r.Status, UpdatedAt: r.UpdatedAt,
+			Address: addr, Status: r.Status, UpdatedAt: r.UpdatedAt, Reason: r.Reason,
 			Code: r.Reply.Code, EnhancedCode: r.Reply.EnhancedCode, Message: r.Reply.Message,
 			Relay: r.Relay,
 		})

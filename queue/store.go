@@ -18,7 +18,22 @@ const (
 	RecipientSent     = "sent"     // the server accepted the message for it (250 after DATA)
 	RecipientDeferred = "deferred" // a transient failure; it will be tried again
 	RecipientFailed   = "failed"   // a permanent failure, or retries ran out
+	// RecipientSuppressed: on the suppression list; never sent to.
+	RecipientSuppressed = "suppressed"
+	// RecipientBounced: the relay accepted it (it was sent), then a
+	// delivery status report said it failed for good.
+	RecipientBounced = "bounced"
 )
+
+// Settled reports whether a recipient in status st is done with: never
+// tried again (sent, failed, suppressed, bounced).
+func Settled(st string) bool {
+	switch st {
+	case RecipientSent, RecipientFailed, RecipientSuppressed, RecipientBounced:
+		return true
+	}
+	return false
+}
 
 // Failure reasons: the bounded set used in the status body and in metrics.
 const (
@@ -37,11 +52,13 @@ const (
 	// ReasonArchived: the task was archived from outside sendq (asynq's
 	// CLI or web UI) before sendq's worker finished it.
 	ReasonArchived = "archived"
+	// ReasonSuppressed: every recipient was on the suppression list.
+	ReasonSuppressed = "suppressed"
 )
 
 // Reasons lists every failure reason, for initialising metric labels.
 var Reasons = []string{ReasonPermanent, ReasonTransient, ReasonExpired, ReasonCanceled, ReasonInvalid,
-	ReasonTooLarge, ReasonUnsupported, ReasonArchived}
+	ReasonTooLarge, ReasonUnsupported, ReasonArchived, ReasonSuppressed}
 
 // Reply is what an SMTP server last said about a recipient.
 type Reply struct {
@@ -58,6 +75,8 @@ type RecipientResult struct {
 	// Relay names the relay (SENDQ_SMTP_URL's name=) that gave the reply:
 	// for a sent recipient, the one that accepted the message.
 	Relay string `json:"relay,omitempty"`
+	// Reason is why a suppressed recipient is on the suppression list.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Record is what sendq keeps of an email beside asynq's task: attempts and
@@ -337,4 +356,45 @@ func (s *Store) Owners(ctx context.Context, ids []string) (map[string]string, er
 		out[id] = c.Val()
 	}
 	return out, nil
+}
+
+// bounceScript turns recipient ARGV[1] of the record KEYS[1] into ARGV[2]
+// (an encoded RecipientResult) if it is recorded as sent, and returns 1;
+// otherwise it changes nothing and returns 0 (no such recipient, or not
+// sent: a report cannot fail a recipient sendq never handed over), or 2 if
+// it is bounced already (a repeated report).
+var bounceScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local ok, r = pcall(cjson.decode, v)
+if not ok or type(r) ~= 'table' then return 0 end
+if r.status == 'bounced' then return 2 end
+if r.status ~= 'sent' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`)
+
+// Bounce outcomes.
+const (
+	BounceApplied  = 1 // the recipient was sent and is now bounced
+	BounceNotSent  = 0 // no such recipient in the record, or it was not sent
+	BounceRepeated = 2 // it was bounced already
+)
+
+// Bounce records that recipient addr of email id bounced after it was
+// sent: an asynchronous bounce. It changes the record only if addr is one
+// of its recipients and recorded as sent, atomically (a Lua script on the
+// record's one key), and returns which of the Bounce outcomes applied.
+func (s *Store) Bounce(ctx context.Context, id, addr string, r RecipientResult) (int, error) {
+	r.Status = RecipientBounced
+	b, err := json.Marshal(r)
+	if err != nil {
+		return 0, fmt.Errorf("bounce record: %w", err)
+	}
+	n, err := bounceScript.Run(ctx, s.rdb, []string{recordKey(id)}, rcptPrefix+addr, b, s.ttl.Milliseconds()).Int()
+	if err != nil {
+		return 0, fmt.Errorf("bounce record: %w", err)
+	}
+	return n, nil
 }

@@ -90,6 +90,30 @@ type Email struct {
 	// Metadata is the caller's own string pairs (at most 10), echoed in
 	// the status body and in every event of the email.
 	Metadata map[string]string `json:"metadata,omitempty"`
+
+	// ListUnsubscribe asks for RFC 8058 one-click unsubscribe headers
+	// (List-Unsubscribe, List-Unsubscribe-Post); the email then has
+	// exactly one recipient.
+	ListUnsubscribe bool `json:"list_unsubscribe,omitempty"`
+	// Suppressed lists the recipients the intake found on the
+	// suppression list: they are never sent to.
+	Suppressed []Suppressed `json:"suppressed,omitempty"`
+}
+
+// Suppressed is a recipient the intake found suppressed, and why.
+type Suppressed struct {
+	Address string `json:"address"`
+	Reason  string `json:"reason"`
+}
+
+// SuppressedReason returns why the intake found addr suppressed, if it did.
+func (e *Email) SuppressedReason(addr string) (string, bool) {
+	for _, s := range e.Suppressed {
+		if s.Address == addr {
+			return s.Reason, true
+		}
+	}
+	return "", false
 }
 
 // Recipients returns every envelope recipient (To, then Cc, then Bcc) once,
@@ -161,8 +185,11 @@ var (
 		BodyHash                string
 		Owner                   string
 		Metadata                map[string]string
+		ListUnsubscribe         bool
+		Suppressed              []Suppressed
 	}(Email{})
 	_ = struct{ Name, Address string }(Address{})
+	_ = struct{ Address, Reason string }(Suppressed{})
 	_ = struct {
 		FileName, ContentType, ContentID string
 		Data                             []byte
@@ -205,6 +232,15 @@ func encodedSize(e *Email) int {
 	}
 	if !e.SendAt.IsZero() {
 		n += len(`,"send_at":`) + timeLen
+	}
+	if e.ListUnsubscribe {
+		n += len(`,"list_unsubscribe":true`)
+	}
+	if len(e.Suppressed) > 0 {
+		n += len(`,"suppressed":[]`) + len(e.Suppressed) - 1
+		for _, s := range e.Suppressed {
+			n += len(`{"address":"","reason":""}`) + len(s.Address) + len(s.Reason)
+		}
 	}
 	if len(e.Attachments) > 0 {
 		n += len(`,"attachments":[]`) + len(e.Attachments) - 1
@@ -284,6 +320,23 @@ func appendEmail(b []byte, e *Email) (_ []byte, ok bool) {
 			b = appendString(b, e.Metadata[k])
 		}
 		b = append(b, '}')
+	}
+	if e.ListUnsubscribe {
+		b = append(b, `,"list_unsubscribe":true`...)
+	}
+	if len(e.Suppressed) > 0 {
+		b = append(b, `,"suppressed":[`...)
+		for i, s := range e.Suppressed {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"address":`...)
+			b = appendString(b, s.Address)
+			b = append(b, `,"reason":`...)
+			b = appendString(b, s.Reason)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
 	}
 	return append(b, '}'), true
 }

@@ -107,6 +107,9 @@ func BuildMessage(e *queue.Email, options ...MessageOption) (*gomail.Msg, error)
 	} else {
 		m.SetBodyString(ct, crlf.Replace(e.Body))
 	}
+	for _, h := range o.headers {
+		m.SetGenHeaderPreformatted(h.name, h.value)
+	}
 	for i, a := range e.Attachments {
 		var err error
 		if a.ContentID != "" {

@@ -94,6 +94,9 @@ func boundaries(ct string, r io.Reader, out *[]string) error {
 type outgoing struct {
 	sig string
 	raw []byte
+	// envFrom is the envelope sender: a bounce address with
+	// SENDQ_BOUNCE_DOMAIN, else the email's.
+	envFrom string
 }
 
 // WriteTo writes the signature fields and the message.
@@ -109,7 +112,10 @@ func (o *outgoing) WriteTo(w io.Writer) (int64, error) {
 // message renders e and signs it. prior is the signature an earlier attempt
 // sent (kept in the delivery record): it is sent again while it holds.
 func (w *Worker) message(e *queue.Email, prior string) (*outgoing, error) {
-	var opts []MessageOption
+	envFrom, opts, err := w.references(e)
+	if err != nil {
+		return nil, fmt.Errorf("build message: %w", err)
+	}
 	if !w.cfg.NoTextPart {
 		opts = append(opts, WithTextPart())
 	}
@@ -122,7 +128,7 @@ func (w *Worker) message(e *queue.Email, prior string) (*outgoing, error) {
 		// signature covers it.
 		raw = append(raw, '\r', '\n')
 	}
-	out := &outgoing{raw: raw}
+	out := &outgoing{raw: raw, envFrom: envFrom}
 	if w.cfg.DKIM != nil {
 		if out.sig, err = w.cfg.DKIM.Sign(raw, e.From.Address, prior); err != nil {
 			return nil, err // "dkim: …"

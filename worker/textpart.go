@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/inbucket/html2text"
+	gomail "github.com/wneessen/go-mail"
 
 	"github.com/sendq/sendq/queue"
 )
@@ -12,7 +13,21 @@ import (
 type MessageOption func(*messageOptions)
 
 type messageOptions struct {
-	text bool
+	text    bool
+	headers []preformatted
+}
+
+// preformatted is a header field written as it is.
+type preformatted struct {
+	name  gomail.Header
+	value string
+}
+
+// withHeader adds a header field written as it is (ASCII, no folding
+// needed): the references the worker adds (bounce reference,
+// List-Unsubscribe), before the message is signed.
+func withHeader(name gomail.Header, value string) MessageOption {
+	return func(o *messageOptions) { o.headers = append(o.headers, preformatted{name, value}) }
 }
 
 // WithTextPart gives an HTML body a text/plain alternative derived from it

@@ -19,6 +19,8 @@ import (
 	"github.com/sendq/sendq/internal/circuit"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/suppression"
+	"github.com/sendq/sendq/token"
 )
 
 // Config configures a Worker. Zero values take the documented defaults.
@@ -89,6 +91,24 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics; required.
 	Metrics *metrics.Metrics
+
+	// Suppression is the suppression list, checked just before RCPT; a
+	// permanent failure saying the address does not exist adds to it.
+	// Nil: no list (SENDQ_SUPPRESSION=false).
+	Suppression *suppression.List
+	// Notifier hears of recipients suppressed at delivery. Nil: nobody.
+	Notifier suppression.Notifier
+	// Signer signs bounce and unsubscribe references; required with
+	// BounceDomain and for emails that ask for ListUnsubscribe.
+	Signer *token.Signer
+	// BounceDomain, when set, makes the envelope sender
+	// b+TOKEN@BounceDomain, where sendq's inbound listener takes the
+	// reports. If empty, the envelope sender is From (or the
+	// DeliveryReceipt address).
+	BounceDomain string
+	// PublicURL is where the API is reached from outside, the base of
+	// one-click unsubscribe links (https://mail.example.com).
+	PublicURL string
 }
 
 func (c *Config) validate() error {
@@ -157,6 +177,9 @@ func (c *Config) validate() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if err := c.validateReferences(); err != nil {
+		errs = append(errs, err.Error())
 	}
 	if len(errs) > 0 {
 		return errors.New("worker config: " + strings.Join(errs, "; "))
@@ -316,10 +339,17 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 	var pending []string
 	for _, r := range e.Recipients() {
-		if st, ok := rec.Recipients[r]; ok && (st.Status == queue.RecipientSent || st.Status == queue.RecipientFailed) {
+		if st, ok := rec.Recipients[r]; ok && queue.Settled(st.Status) {
 			continue // settled by an earlier attempt: never sent twice
 		}
 		pending = append(pending, r)
+	}
+	// Suppressed recipients never reach RCPT.
+	pending, suppressed, err := w.suppressed(ctx, e, pending, start)
+	if err != nil {
+		w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
+		log.Warn("delivery attempt aborted", "err", err)
+		return err
 	}
 
 	// reason is why recipients failed in this attempt, if any did.
@@ -357,10 +387,14 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 	}
 
+	for r, res := range suppressed {
+		results[r] = res
+	}
+
 	// Settle every recipient: this attempt's result, or an earlier one's.
 	// A deferred recipient with no attempt left, or whose next attempt
 	// would come after the maximum age, fails now.
-	var nSent, nDeferred, nFailed int
+	var nSent, nDeferred, nFailed, nSuppressed int
 	expiresBeforeRetry := start.Add(w.retryDelay(retried, nil, nil)).Sub(e.WindowStart()) > w.cfg.MaxAge
 	for _, r := range e.Recipients() {
 		st, ok := results[r]
@@ -382,6 +416,8 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			nDeferred++
 		case queue.RecipientFailed:
 			nFailed++
+		case queue.RecipientSuppressed:
+			nSuppressed++
 		}
 	}
 	for _, r := range results {
@@ -390,6 +426,8 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			w.m.RecipientsSent.Inc()
 		case queue.RecipientFailed:
 			w.m.RecipientsFail.WithLabelValues(reason).Inc()
+		case queue.RecipientSuppressed:
+			w.m.RecipientsFail.WithLabelValues(queue.ReasonSuppressed).Inc()
 		}
 	}
 
@@ -410,6 +448,12 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case nFailed > 0:
 		outcome, u.State, u.Reason = metrics.OutcomeFailed, queue.StatusFailed, reason
 		ret = fmt.Errorf("%d recipient(s) failed: %s: %w", nFailed, u.LastError, asynq.SkipRetry)
+	case nSuppressed > 0 && nSent == 0:
+		// Every recipient is suppressed: nothing was sent, nothing will be.
+		reason = queue.ReasonSuppressed
+		outcome, u.State, u.Reason = metrics.OutcomeFailed, queue.StatusFailed, reason
+		u.LastError = "every recipient is suppressed"
+		ret = fmt.Errorf("%d recipient(s) suppressed: %w", nSuppressed, asynq.SkipRetry)
 	default:
 		outcome, u.State, u.SentAt = metrics.OutcomeSent, queue.StatusSent, w.now()
 	}
@@ -434,6 +478,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			log.Warn("events stored; their hand-off is left to the sweeper", "err", err)
 		}
 	}
+	w.afterSave(ctx, e, results)
 	w.m.Attempts.WithLabelValues(outcome).Inc()
 	switch outcome {
 	case metrics.OutcomeSent:
@@ -445,7 +490,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		w.m.AttemptsPerMsg.Observe(float64(attempt))
 	}
 	log.Info("delivery attempt", "attempt", attempt, "outcome", outcome,
-		"recipients", len(pending), "sent", nSent, "deferred", nDeferred, "failed", nFailed,
+		"recipients", len(pending), "sent", nSent, "deferred", nDeferred, "failed", nFailed, "suppressed", nSuppressed,
 		"reply_code", lastReply.Code, "enhanced_code", lastReply.EnhancedCode,
 		"duration_ms", w.now().Sub(start).Milliseconds())
 	return ret
@@ -558,7 +603,7 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg *outgoing, pen
 // ASCII), envelope id, size, and whether it needs SMTPUTF8 or 8BITMIME.
 // The recipients are the caller's.
 func envelope(e *queue.Email, msg *outgoing) (Envelope, error) {
-	from, err := queue.ASCIIAddress(e.EnvelopeFrom())
+	from, err := queue.ASCIIAddress(msg.envFrom)
 	if err != nil {
 		return Envelope{}, fmt.Errorf("envelope sender: %w", err)
 	}

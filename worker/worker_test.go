@@ -63,6 +63,8 @@ type setupOpts struct {
 	smtpOpts     []smtptest.Option
 	relayURL     func(addr string) string
 	cfg          func(*worker.Config)
+	// cfgRedis, like cfg, also gets the test's Redis.
+	cfgRedis func(*worker.Config, *redis.Client)
 }
 
 func setup(t *testing.T, o setupOpts) *testBundle {
@@ -104,6 +106,9 @@ func setup(t *testing.T, o setupOpts) *testBundle {
 	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
+	}
+	if o.cfgRedis != nil {
+		o.cfgRedis(&cfg, rdb)
 	}
 	b.w, err = worker.New(rdb, cfg)
 	if err != nil {

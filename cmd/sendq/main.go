@@ -4,6 +4,7 @@
 //	sendq serve    intake and worker in one process
 //	sendq api      intake only
 //	sendq worker   worker only (run as many as you like on one Redis)
+//	sendq inbound  the bounce listener only (SMTP on SENDQ_INBOUND_ADDR)
 //
 // Configuration comes from the environment, each variable with a flag twin;
 // `sendq help` lists them.
@@ -31,6 +32,7 @@ import (
 
 	"github.com/sendq/sendq/dkim"
 	"github.com/sendq/sendq/events"
+	"github.com/sendq/sendq/inbound"
 	"github.com/sendq/sendq/internal/bench"
 	"github.com/sendq/sendq/internal/circuit"
 	"github.com/sendq/sendq/internal/config"
@@ -39,6 +41,8 @@ import (
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/suppression"
+	"github.com/sendq/sendq/token"
 	"github.com/sendq/sendq/worker"
 )
 
@@ -50,6 +54,7 @@ Usage:
   sendq serve    [flags]   intake and worker in one process (what a newcomer runs)
   sendq api      [flags]   intake only
   sendq worker   [flags]   worker only; run as many as you like on one Redis
+  sendq inbound  [flags]   the bounce listener only: SMTP on SENDQ_INBOUND_ADDR for SENDQ_BOUNCE_DOMAIN
   sendq healthcheck [flags]  exit 0 if the local process answers /healthz (for container health checks)
   sendq status ID          print an email's status (reads REDIS_URL)
   sendq queues             print queue depths
@@ -68,7 +73,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	name := args[0]
 	switch name {
-	case "serve", "api", "worker", "healthcheck", "status", "queues", "retry", "cancel":
+	case "serve", "api", "worker", "inbound", "healthcheck", "status", "queues", "retry", "cancel":
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -154,10 +159,31 @@ func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 	r.l.Warn(fmt.Sprintf(format, v...))
 }
 
-// serve builds the components for mode (serve, api or worker), runs them
-// until ctx is canceled, then stops them in order.
+// serve builds the components for mode (serve, api, worker or inbound),
+// runs them until ctx is canceled, then stops them in order.
 func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logger) error {
-	runAPI, runWorker := mode != "worker", mode != "api"
+	runAPI, runWorker := mode == "serve" || mode == "api", mode == "serve" || mode == "worker"
+	runInbound := mode == "inbound" || (mode == "serve" && cfg.BounceDomain != "")
+	if mode == "inbound" && cfg.BounceDomain == "" {
+		return errors.New("sendq inbound needs SENDQ_BOUNCE_DOMAIN (and SENDQ_SIGNING_KEY)")
+	}
+	var signer *token.Signer
+	if cfg.SigningKey != "" {
+		var err error
+		if signer, err = token.NewSigner(cfg.SigningKey); err != nil {
+			return fmt.Errorf("SENDQ_SIGNING_KEY: %w", err)
+		}
+	}
+	// Suppressions, asynchronous bounces, reports and unsubscribes become
+	// events of their emails (set once the event log exists, below).
+	var notifier suppression.Notifier
+	// newList returns the suppression list on rdb, or nil when it is off.
+	newList := func(rdb redis.UniversalClient) *suppression.List {
+		if !cfg.Suppression {
+			return nil
+		}
+		return suppression.New(rdb)
+	}
 
 	// The DKIM keys first: a bad one stops the process before it serves.
 	var dkimKeys []*dkim.Key
@@ -195,6 +221,13 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	reg.MustRegister(events.NewCollector(rdb, insp))
 	eventsConfig := events.LogConfig{Endpoints: cfg.WebhookEndpoints, Retention: cfg.Retention, TTL: cfg.RecordTTL(),
 		Metrics: evm, Logger: log}
+	nclient := asynq.NewClientFromRedisClient(rdb)
+	defer nclient.Close()
+	nlog, err := events.NewLog(rdb, nclient, eventsConfig)
+	if err != nil {
+		return err
+	}
+	notifier = noticeEvents{log: nlog}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -253,6 +286,16 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		if err != nil {
 			return err
 		}
+		// The intake's suppression checks share pipelines too.
+		var checks redis.UniversalClient = rdb
+		if cfg.AutoPipeline {
+			ap, err := queue.NewPipeliner(rdb)
+			if err != nil {
+				return err
+			}
+			defer ap.Close()
+			checks = ap
+		}
 		api, err := producer.New(rdb, client, insp, store, producer.Config{
 			Keys: keys, AdminKeys: adminKeys, AllowedFrom: allow,
 			Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
@@ -260,6 +303,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
 			RatePerKey: cfg.RatePerKey, Events: evlog,
 			Logger: log, Metrics: m,
+			Suppression: newList(checks), Signer: signer, PublicURL: cfg.PublicURL, Notifier: notifier,
 		})
 		if err != nil {
 			return err
@@ -316,6 +360,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		// The delivery records of concurrent sends share pipelines too,
 		// and so do the events written with them and their hand-off.
 		wstore, wrdb, wenq := store, redis.UniversalClient(rdb), redis.UniversalClient(rdb)
+		wlist := newList(rdb)
 		if cfg.AutoPipeline {
 			ap, err := queue.NewPipeliner(rdb)
 			if err != nil {
@@ -323,6 +368,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			}
 			defer ap.Close() // after the worker's Shutdown, below
 			wstore, wrdb, wenq = queue.NewStore(ap, cfg.RecordTTL()), ap, queue.ScriptsPipelined(rdb, ap)
+			wlist = newList(ap)
 		}
 		wclient = asynq.NewClientFromRedisClient(wenq)
 		wlog, err := events.NewLog(wrdb, wclient, eventsConfig)
@@ -339,9 +385,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		if err != nil {
 			return err
 		}
-		var signer *dkim.Signer
+		var dkimSigner *dkim.Signer
 		if cfg.DKIM != "" {
-			signer = dkim.NewSigner(dkimKeys, reg)
+			dkimSigner = dkim.NewSigner(dkimKeys, reg)
 			for _, k := range dkimKeys {
 				log.Info("dkim key loaded: publish its public key at its DNS name", "domain", k.Domain, "selector", k.Selector,
 					"algorithm", k.Algorithm(), "dns_name", k.DNSName(), "txt", k.TXTRecord())
@@ -354,8 +400,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 				CommandTimeout: cfg.SMTPTimeout},
 			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
 			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
-			DKIM: signer, NoTextPart: !cfg.TextPart,
+			DKIM: dkimSigner, NoTextPart: !cfg.TextPart,
 			Store: wstore, Events: wlog, Logger: log, Metrics: m,
+			Suppression: wlist, Notifier: notifier, Signer: signer, BounceDomain: cfg.BounceDomain, PublicURL: cfg.PublicURL,
 		})
 		if err != nil {
 			return err
@@ -377,11 +424,39 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		log.Info("worker started", "relays", len(relays), "routes", len(routes), "pool_size", cfg.PoolSize, "concurrency", cfg.Concurrency, "fetchers", cfg.Fetchers)
 	}
 
+	var in *inbound.Server
+	inboundErr := make(chan error, 1)
+	if runInbound {
+		var err error
+		in, err = inbound.New(inbound.Config{
+			Domain: cfg.BounceDomain, Signer: signer, Store: store, Suppression: newList(rdb), Notifier: notifier,
+			MaxMessageBytes: cfg.InboundMaxBytes, Logger: log.With("component", "inbound"), Metrics: m,
+		})
+		if err == nil {
+			var iln net.Listener
+			if iln, err = net.Listen("tcp", cfg.InboundAddr); err == nil {
+				go func() { inboundErr <- in.Serve(iln) }() // ends when in.Shutdown is called
+				log.Info("inbound listening", "addr", iln.Addr().String(), "domain", cfg.BounceDomain)
+			} else {
+				err = fmt.Errorf("listen %s: %w", cfg.InboundAddr, err)
+			}
+		}
+		if err != nil {
+			if w != nil {
+				w.Shutdown()
+			}
+			return err
+		}
+	}
+
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		if w != nil {
 			w.Shutdown()
 			deliverer.Shutdown()
+		}
+		if in != nil {
+			_ = in.Close()
 		}
 		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
@@ -398,9 +473,12 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 		log.Info("stopping: signal received")
 	case err := <-serveErr:
 		runErr = fmt.Errorf("http server: %w", err)
+	case err := <-inboundErr:
+		runErr = fmt.Errorf("inbound server: %w", err)
 	}
 
-	// Shutdown order: (1) stop the intake, so no new 202 is promised;
+	// Shutdown order: (1) stop the intake, so no new 202 is promised, and
+	// the inbound listener (a report cut off is retried by its sender);
 	// (2) stop the worker: no new fetches, in-flight sends finish within
 	// the shutdown timeout (and hand off their events), then the pool
 	// says QUIT; (3) stop webhook delivery: the sweeper, then deliveries
@@ -409,6 +487,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	hctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(hctx)
+	if in != nil {
+		_ = in.Shutdown(hctx)
+	}
 	if w != nil {
 		w.Shutdown()
 		deliverer.Shutdown()

@@ -47,7 +47,12 @@ var registerTextJSON = sync.OnceFunc(func() {
 	openapi3filter.RegisterBodyDecoder("text/json", openapi3filter.JSONBodyDecoder)
 })
 
+// htmlDecoder lets the document describe text/html bodies (the
+// unsubscribe pages): their content is checked by the tests, not here.
+var htmlDecoder sync.Once
+
 func newValidator(spec []byte) (*Validator, error) {
+	htmlDecoder.Do(func() { openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.FileBodyDecoder) })
 	doc, err := openapi3.NewLoader().LoadFromData(spec)
 	if err != nil {
 		return nil, fmt.Errorf("load: %w", err)

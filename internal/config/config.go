@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -60,6 +61,13 @@ type Config struct {
 	WebhookSecrets     events.Secrets
 	WebhookRetryBase   time.Duration
 	WebhookConcurrency int
+
+	Suppression     bool
+	BounceDomain    string
+	SigningKey      string
+	InboundAddr     string
+	InboundMaxBytes int64
+	PublicURL       string
 }
 
 // Setting is one configuration item: an environment variable and its flag
@@ -215,6 +223,39 @@ var settings = []Setting{
 		set: integer("SENDQ_WEBHOOK_CONCURRENCY", func(c *Config) *int { return &c.WebhookConcurrency }, 1)},
 	{Env: "SENDQ_OUTBOX_DIR", Flag: "outbox-dir", Def: "./sendq-outbox", Help: "where the embedded SMTP server writes .eml files",
 		set: str(func(c *Config) *string { return &c.OutboxDir })},
+	{Env: "SENDQ_SUPPRESSION", Flag: "suppression", Def: "true", Help: "keep a suppression list (hard bounces, complaints, unsubscribes, manual entries) and never send to an address on it; false: none",
+		set: boolean("SENDQ_SUPPRESSION", func(c *Config) *bool { return &c.Suppression })},
+	{Env: "SENDQ_BOUNCE_DOMAIN", Flag: "bounce-domain", Help: "domain whose mail reaches sendq's inbound listener (its MX): the envelope sender becomes b+TOKEN@DOMAIN and asynchronous bounces and complaints come back to sendq; unset: envelope sender is From",
+		set: func(c *Config, v string) error {
+			v = strings.ToLower(strings.TrimSpace(v))
+			if strings.ContainsAny(v, "@ /\\") || !strings.Contains(v, ".") {
+				return fmt.Errorf("SENDQ_BOUNCE_DOMAIN=%q must be a domain such as bounces.example.com", v)
+			}
+			c.BounceDomain = v
+			return nil
+		}},
+	{Env: "SENDQ_SIGNING_KEY", Flag: "signing-key", Help: "secret of at least 32 bytes that signs bounce references and unsubscribe links (HMAC-SHA256); needed with SENDQ_BOUNCE_DOMAIN or SENDQ_PUBLIC_URL",
+		set: str(func(c *Config) *string { return &c.SigningKey }), secret: true},
+	{Env: "SENDQ_INBOUND_ADDR", Flag: "inbound-addr", Def: ":2525", Help: "SMTP listen address of the inbound bounce listener (sendq inbound, and sendq serve when SENDQ_BOUNCE_DOMAIN is set)",
+		set: str(func(c *Config) *string { return &c.InboundAddr })},
+	{Env: "SENDQ_INBOUND_MAX_BYTES", Flag: "inbound-max-bytes", Def: "10485760", Help: "largest message the inbound listener takes (552 beyond)",
+		set: func(c *Config, v string) error {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil || n < 4096 {
+				return fmt.Errorf("SENDQ_INBOUND_MAX_BYTES=%q must be a whole number of at least 4096", v)
+			}
+			c.InboundMaxBytes = n
+			return nil
+		}},
+	{Env: "SENDQ_PUBLIC_URL", Flag: "public-url", Help: "where the API is reached from outside (https://mail.example.com): the base of one-click unsubscribe links; unset: ListUnsubscribe is refused",
+		set: func(c *Config, v string) error {
+			u, err := url.Parse(strings.TrimSpace(v))
+			if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+				return fmt.Errorf("SENDQ_PUBLIC_URL=%q must be an http(s) URL such as https://mail.example.com", v)
+			}
+			c.PublicURL = strings.TrimRight(u.String(), "/")
+			return nil
+		}},
 	{Env: "SENDQ_LOG_FORMAT", Flag: "log-format", Def: "text", Help: "text or json",
 		set: func(c *Config, v string) error {
 			if v != "text" && v != "json" {
@@ -283,6 +324,11 @@ func Load(name string, args []string, getenv func(string) string, out io.Writer)
 	}
 	if len(c.WebhookEndpoints) > 0 && c.WebhookSecrets.Len() == 0 {
 		errs = append(errs, errors.New("SENDQ_WEBHOOK_SECRET is required when SENDQ_WEBHOOK_URLS is set (whsec_ and the base64 of at least 24 random bytes)"))
+	}
+	if (c.BounceDomain != "" || c.PublicURL != "") && len(c.SigningKey) < 32 {
+		errs = append(errs, errors.New("SENDQ_BOUNCE_DOMAIN and SENDQ_PUBLIC_URL need SENDQ_SIGNING_KEY of at least 32 bytes"))
+	} else if c.SigningKey != "" && len(c.SigningKey) < 32 {
+		errs = append(errs, errors.New("SENDQ_SIGNING_KEY must be at least 32 bytes"))
 	}
 	if c.SMTPTimeout >= c.ShutdownTimeout {
 		errs = append(errs, fmt.Errorf("SENDQ_SMTP_TIMEOUT (%s) must be shorter than SENDQ_SHUTDOWN_TIMEOUT (%s)", c.SMTPTimeout, c.ShutdownTimeout))
