@@ -33,7 +33,7 @@ func fieldErr(field, format string, args ...any) *FieldError {
 var requestFields = map[string]string{
 	"from": "From", "to": "To", "cc": "CC", "bcc": "Bcc", "subject": "Subject", "body": "Body",
 	"ishtml": "IsHtml", "importance": "Importance", "attachments": "Attachments",
-	"readreceipt": "ReadReceipt", "deliveryreceipt": "DeliveryReceipt", "sendat": "SendAt",
+	"readreceipt": "ReadReceipt", "deliveryreceipt": "DeliveryReceipt", "sendat": "SendAt", "priority": "Priority",
 }
 
 var attachmentFields = map[string]string{
@@ -184,6 +184,19 @@ func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 			return nil, fieldErr("SendAt", "must be an RFC 3339 time such as 2026-01-02T15:04:05Z")
 		}
 		e.SendAt = t
+	}
+
+	prio, err := optString(&fields, "Priority")
+	if err != nil {
+		return nil, err
+	}
+	if prio != "" {
+		// Exactly as the contract spells them (unlike Importance, which
+		// follows the connector's capitalised values).
+		if !queue.ValidPriority(prio) {
+			return nil, fieldErr("Priority", "must be high, normal or bulk (lower case), got %q", prio)
+		}
+		e.Priority = prio
 	}
 
 	if raw, ok := fields.get("Attachments"); ok && !isNull(raw) {

@@ -59,6 +59,8 @@ type Record struct {
 	// Owner is the email's owner (Email.Owner), so that the status of an
 	// email asynq has forgotten stays private to it.
 	Owner string
+	// Priority and BatchID are the email's (Email.Priority, BatchID).
+	Priority, BatchID string
 	// Stale marks a record of an earlier email with the same id.
 	Stale bool
 }
@@ -118,6 +120,8 @@ type Update struct {
 	SentAt     time.Time
 	CreatedAt  time.Time // written only when set
 	Owner      string    // written only when set
+	Priority   string    // written only when set
+	BatchID    string    // written only when set
 	Attempts   int       // written only when set
 	Recipients map[string]RecipientResult
 	// Reset drops the record before writing (it was Stale).
@@ -129,7 +133,7 @@ type Update struct {
 // is never sent to again, even if the task is delivered twice.
 func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	key := recordKey(id)
-	fields := make([]any, 0, 2*len(u.Recipients)+14)
+	fields := make([]any, 0, 2*len(u.Recipients)+18)
 	if u.State != "" {
 		fields = append(fields, "state", u.State)
 	}
@@ -144,6 +148,12 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	}
 	if u.Owner != "" {
 		fields = append(fields, "owner", u.Owner)
+	}
+	if u.Priority != "" {
+		fields = append(fields, "priority", u.Priority)
+	}
+	if u.BatchID != "" {
+		fields = append(fields, "batch_id", u.BatchID)
 	}
 	if u.Attempts > 0 {
 		fields = append(fields, "attempts", u.Attempts)
@@ -225,6 +235,10 @@ func parseRecord(m map[string]string) (*Record, error) {
 			r.LastError = v
 		case k == "owner":
 			r.Owner = v
+		case k == "priority":
+			r.Priority = v
+		case k == "batch_id":
+			r.BatchID = v
 		case k == "created_at":
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {

@@ -85,6 +85,20 @@ type Email struct {
 	// that sent it ("key:" and the key's id, never the key) or its tenant
 	// ("tenant:" and the name). Empty when the intake had no keys.
 	Owner string `json:"owner,omitempty"`
+
+	// Priority is high, normal or bulk (PriorityHigh…); empty (payloads
+	// of releases before priorities) is normal.
+	Priority string `json:"priority,omitempty"`
+	// BatchID is the batch the email came in, if any.
+	BatchID string `json:"batch_id,omitempty"`
+}
+
+// PriorityOrNormal is e's priority, normal when unset.
+func (e *Email) PriorityOrNormal() string {
+	if e.Priority == "" {
+		return PriorityNormal
+	}
+	return e.Priority
 }
 
 // Recipients returns every envelope recipient (To, then Cc, then Bcc) once,
@@ -111,9 +125,15 @@ func (e *Email) EnvelopeFrom() string {
 	return e.From.Address
 }
 
-// NewTask returns the asynq task for e. The task id is the email id, so
-// asynq itself refuses a second task for the same email.
+// NewTask returns the asynq task for e, on its queue in DefaultTopology.
+// The task id is the email id, so asynq itself refuses a second task for
+// the same email in the same queue.
 func NewTask(e *Email, opts ...asynq.Option) (*asynq.Task, error) {
+	return DefaultTopology.NewTask(e, opts...)
+}
+
+// NewTask returns the asynq task for e on its queue in t (Pick).
+func (t *Topology) NewTask(e *Email, opts ...asynq.Option) (*asynq.Task, error) {
 	if e.ID == "" {
 		return nil, errors.New("queue: email has no id")
 	}
@@ -126,7 +146,7 @@ func NewTask(e *Email, opts ...asynq.Option) (*asynq.Task, error) {
 			return nil, fmt.Errorf("queue: encode email: %w", err)
 		}
 	}
-	opts = append([]asynq.Option{asynq.TaskID(e.ID), asynq.Queue(Name)}, opts...)
+	opts = append([]asynq.Option{asynq.TaskID(e.ID), asynq.Queue(t.Pick(e.PriorityOrNormal(), e.ID))}, opts...)
 	return asynq.NewTask(TypeSendEmail, b, opts...), nil
 }
 
@@ -155,6 +175,7 @@ var (
 		SendAt                  time.Time
 		BodyHash                string
 		Owner                   string
+		Priority, BatchID       string
 	}(Email{})
 	_ = struct{ Name, Address string }(Address{})
 	_ = struct {
@@ -190,7 +211,7 @@ func encodedSize(e *Email) int {
 		addr(e.From) + list("to", e.To) + list("cc", e.Cc) + list("bcc", e.Bcc) +
 		opt("subject", e.Subject) + opt("body", e.Body) + opt("importance", e.Importance) +
 		opt("read_receipt", e.ReadReceipt) + len(`,"delivery_receipt":true`) + opt("return_path", e.ReturnPath) +
-		opt("body_hash", e.BodyHash) + opt("owner", e.Owner)
+		opt("body_hash", e.BodyHash) + opt("owner", e.Owner) + opt("priority", e.Priority) + opt("batch_id", e.BatchID)
 	if !e.SendAt.IsZero() {
 		n += len(`,"send_at":`) + timeLen
 	}
@@ -260,6 +281,8 @@ func appendEmail(b []byte, e *Email) (_ []byte, ok bool) {
 	}
 	b = appendOptString(b, `,"body_hash":`, e.BodyHash)
 	b = appendOptString(b, `,"owner":`, e.Owner)
+	b = appendOptString(b, `,"priority":`, e.Priority)
+	b = appendOptString(b, `,"batch_id":`, e.BatchID)
 	return append(b, '}'), true
 }
 

@@ -177,7 +177,8 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, reg)
 	insp := asynq.NewInspectorFromRedisClient(rdb)
-	reg.MustRegister(metrics.NewQueueCollector(insp, queue.Name))
+	topo := cfg.Topology()
+	reg.MustRegister(metrics.NewShardedQueueCollector(insp, queueGroups(topo)))
 	store := queue.NewStore(rdb, cfg.RecordTTL())
 
 	mux := http.NewServeMux()
@@ -238,8 +239,9 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
 				MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
-			RatePerKey: cfg.RatePerKey,
-			Logger:     log, Metrics: m,
+			RatePerKey: cfg.RatePerKey, Topology: topo,
+			MaxBatch: cfg.MaxBatch, MaxBatchBytes: cfg.MaxBatchBytes,
+			Logger: log, Metrics: m,
 		})
 		if err != nil {
 			return err
@@ -298,7 +300,8 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Relay: relay,
 			Pool: worker.PoolConfig{Size: cfg.PoolSize, IdleTimeout: cfg.IdleTimeout, MaxConnAge: cfg.MaxConnAge,
 				CommandTimeout: cfg.SMTPTimeout},
-			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
+			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, HighConcurrency: cfg.HighConcurrency,
+			ReservedConns: cfg.ReservedConns, Topology: topo, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
 			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
 			Store: wstore, Logger: log, Metrics: m,
 		})
@@ -346,6 +349,16 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	}
 	log.Info("sendq stopped")
 	return runErr
+}
+
+// queueGroups maps the queue label of the metrics (queue.BaseName of each
+// priority) to the priority's shard queues, which it sums.
+func queueGroups(t *queue.Topology) []metrics.QueueGroup {
+	var out []metrics.QueueGroup
+	for _, p := range queue.Priorities {
+		out = append(out, metrics.QueueGroup{Label: queue.BaseName(p), Queues: t.Queues(p)})
+	}
+	return out
 }
 
 // healthcheck asks the local process' /healthz; a container health check
