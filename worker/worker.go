@@ -399,7 +399,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 
 	u := queue.Update{Recipients: results, LastError: formatReply(lastReply),
-		Attempts: attempt, CreatedAt: e.CreatedAt, Owner: e.Owner, Reset: rec.Stale}
+		Attempts: attempt, CreatedAt: e.CreatedAt, Owner: e.Owner, Priority: e.Priority, BatchID: e.BatchID, Reset: rec.Stale}
 	if lastReply == (queue.Reply{}) || lastReply.Code == 250 {
 		u.LastError = ""
 	}
