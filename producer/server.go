@@ -64,10 +64,6 @@ type Config struct {
 	// RatePerKey limits POST /v1/emails per API key, across every API
 	// process (GCRA in Redis). Zero: no limit.
 	RatePerKey redis_rate.Limit
-	// MaxBatch is the most messages in one batch. If zero, 1,000.
-	MaxBatch int
-	// MaxBatchBytes is the largest batch body. If zero, 50 MiB.
-	MaxBatchBytes int64
 	// Topology names the queues of each priority (SENDQ_QUEUE_SHARDS);
 	// nil is one queue per priority.
 	Topology *queue.Topology
@@ -123,12 +119,6 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	}
 	if cfg.Topology == nil {
 		cfg.Topology = queue.DefaultTopology
-	}
-	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 1000
-	}
-	if cfg.MaxBatchBytes <= 0 {
-		cfg.MaxBatchBytes = 50 << 20
 	}
 	var keys []APIKey
 	if len(cfg.Keys) > 0 {

@@ -240,7 +240,6 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 				MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
 			RatePerKey: cfg.RatePerKey, Topology: topo,
-			MaxBatch: cfg.MaxBatch, MaxBatchBytes: cfg.MaxBatchBytes,
 			Logger: log, Metrics: m,
 		})
 		if err != nil {

@@ -40,8 +40,6 @@ type Config struct {
 	HighConcurrency int
 	ReservedConns   int
 	QueueShards     int
-	MaxBatch        int
-	MaxBatchBytes   int64
 	RetryBase       time.Duration
 	RetryMax        time.Duration
 	MaxAttempts     int
@@ -178,17 +176,6 @@ var settings = []Setting{
 				return fmt.Errorf("SENDQ_QUEUE_SHARDS=%q must be a whole number from 1 to %d", v, queue.MaxShards)
 			}
 			c.QueueShards = n
-			return nil
-		}},
-	{Env: "SENDQ_MAX_BATCH", Flag: "max-batch", Def: "1000", Help: "most messages in one POST /v1/emails/batch",
-		set: integer("SENDQ_MAX_BATCH", func(c *Config) *int { return &c.MaxBatch }, 1)},
-	{Env: "SENDQ_MAX_BATCH_BYTES", Flag: "max-batch-bytes", Def: "52428800", Help: "largest POST /v1/emails/batch body (50 MiB)",
-		set: func(c *Config, v string) error {
-			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-			if err != nil || n < 1024 {
-				return fmt.Errorf("SENDQ_MAX_BATCH_BYTES=%q must be a whole number of at least 1024", v)
-			}
-			c.MaxBatchBytes = n
 			return nil
 		}},
 	{Env: "SENDQ_RETRY_BASE_DELAY", Flag: "retry-base-delay", Def: "30s", Help: "first retry delay, doubled each retry with jitter",
