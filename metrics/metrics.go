@@ -279,7 +279,7 @@ func (m *Metrics) Handler() http.Handler {
 // numbers are right however many workers run.
 type QueueCollector struct {
 	insp    *asynq.Inspector
-	queues  []string
+	groups  []QueueGroup
 	tasks   *prometheus.Desc
 	oldest  *prometheus.Desc
 	memory  *prometheus.Desc
@@ -287,10 +287,27 @@ type QueueCollector struct {
 	timeout time.Duration
 }
 
+// QueueGroup is what one queue label shows: the sum of Queues (the shards
+// of one priority).
+type QueueGroup struct {
+	Label  string
+	Queues []string
+}
+
 // NewQueueCollector returns a collector of the given queues' depths.
 func NewQueueCollector(insp *asynq.Inspector, queues ...string) *QueueCollector {
+	groups := make([]QueueGroup, len(queues))
+	for i, q := range queues {
+		groups[i] = QueueGroup{Label: q, Queues: []string{q}}
+	}
+	return NewShardedQueueCollector(insp, groups)
+}
+
+// NewShardedQueueCollector returns a collector of the depths of groups of
+// queues, each summed under its label (bounded: one per priority).
+func NewShardedQueueCollector(insp *asynq.Inspector, groups []QueueGroup) *QueueCollector {
 	return &QueueCollector{
-		insp: insp, queues: queues, timeout: 2 * time.Second,
+		insp: insp, groups: groups, timeout: 2 * time.Second,
 		tasks: prometheus.NewDesc(namespace+"_queue_tasks", "Tasks in the queue by state, read from Redis.",
 			[]string{"queue", "state"}, nil),
 		oldest: prometheus.NewDesc(namespace+"_queue_oldest_pending_seconds", "Age of the oldest pending task.",
@@ -312,12 +329,13 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 	up := 1.0
-	for _, q := range c.queues {
-		info, err := c.queueInfo(q)
+	for _, g := range c.groups {
+		info, err := c.groupInfo(g.Queues)
 		if err != nil {
 			up = 0
 			continue
 		}
+		q := g.Label
 		for state, n := range map[string]int{
 			"pending": info.Pending, "active": info.Active, "scheduled": info.Scheduled,
 			"retry": info.Retry, "archived": info.Archived, "completed": info.Completed,
@@ -328,6 +346,27 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.memory, prometheus.GaugeValue, float64(info.MemoryUsage), q)
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
+}
+
+// groupInfo sums the infos of qs: counts and memory added, the oldest
+// pending latency.
+func (c *QueueCollector) groupInfo(qs []string) (*asynq.QueueInfo, error) {
+	sum := &asynq.QueueInfo{}
+	for _, q := range qs {
+		info, err := c.queueInfo(q)
+		if err != nil {
+			return nil, err
+		}
+		sum.Pending += info.Pending
+		sum.Active += info.Active
+		sum.Scheduled += info.Scheduled
+		sum.Retry += info.Retry
+		sum.Archived += info.Archived
+		sum.Completed += info.Completed
+		sum.MemoryUsage += info.MemoryUsage
+		sum.Latency = max(sum.Latency, info.Latency)
+	}
+	return sum, nil
 }
 
 func (c *QueueCollector) queueInfo(q string) (*asynq.QueueInfo, error) {

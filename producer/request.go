@@ -33,7 +33,7 @@ func fieldErr(field, format string, args ...any) *FieldError {
 var requestFields = map[string]string{
 	"from": "From", "to": "To", "cc": "CC", "bcc": "Bcc", "subject": "Subject", "body": "Body",
 	"ishtml": "IsHtml", "importance": "Importance", "attachments": "Attachments",
-	"readreceipt": "ReadReceipt", "deliveryreceipt": "DeliveryReceipt", "sendat": "SendAt",
+	"readreceipt": "ReadReceipt", "deliveryreceipt": "DeliveryReceipt", "sendat": "SendAt", "priority": "Priority",
 	"metadata":        "Metadata",
 	"listunsubscribe": "ListUnsubscribe", // unsubscribe.go
 }
@@ -191,6 +191,19 @@ func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 		if e.Metadata, err = decodeMetadata(raw); err != nil {
 			return nil, err
 		}
+	}
+
+	prio, err := optString(&fields, "Priority")
+	if err != nil {
+		return nil, err
+	}
+	if prio != "" {
+		// Exactly as the contract spells them (unlike Importance, which
+		// follows the connector's capitalised values).
+		if !queue.ValidPriority(prio) {
+			return nil, fieldErr("Priority", "must be high, normal or bulk (lower case), got %q", prio)
+		}
+		e.Priority = prio
 	}
 
 	if raw, ok := fields.get("Attachments"); ok && !isNull(raw) {

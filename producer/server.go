@@ -70,6 +70,9 @@ type Config struct {
 	// Events, if set, answers the event routes and stores the
 	// email.canceled events of a DELETE with the canceled record.
 	Events *events.Log
+	// Topology names the queues of each priority (SENDQ_QUEUE_SHARDS);
+	// nil is one queue per priority.
+	Topology *queue.Topology
 	// Logger; if nil, slog.Default().
 	Logger *slog.Logger
 	// Metrics; required.
@@ -100,6 +103,7 @@ type API struct {
 	admin *queue.Admin
 	store *queue.Store
 	rate  *redis_rate.Limiter
+	topo  *queue.Topology
 	log   *slog.Logger
 	m     *metrics.Metrics
 	now   func() time.Time
@@ -132,6 +136,9 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Topology == nil {
+		cfg.Topology = queue.DefaultTopology
+	}
 	var keys []APIKey
 	if len(cfg.Keys) > 0 {
 		keys = append(keys, cfg.Keys...)
@@ -142,9 +149,10 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	}
 	return &API{
 		cfg: cfg, keys: keys, rdb: rdb, enq: enq, insp: insp, store: store,
-		look:  &queue.Lookup{Inspector: insp, Store: store},
-		admin: &queue.Admin{Inspector: insp, Store: store},
+		look:  &queue.Lookup{Inspector: insp, Store: store, Topology: cfg.Topology},
+		admin: &queue.Admin{Inspector: insp, Store: store, Topology: cfg.Topology},
 		rate:  redis_rate.NewLimiter(rdb),
+		topo:  cfg.Topology,
 		log:   cfg.Logger, m: cfg.Metrics, now: time.Now,
 	}, nil
 }
@@ -312,45 +320,20 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		return
 	}
 
-	task, err := queue.NewTask(e)
-	if err != nil {
+	if e.Priority == "" {
+		e.Priority = queue.PriorityNormal
+	}
+	first, err := a.enqueue(ctx, e, idemKey != "")
+	var conflict *idemConflict
+	switch {
+	case errors.As(err, &conflict):
+		WriteError(w, http.StatusConflict, "idempotency_key_reused", "Idempotency-Key",
+			"this key was used with a different body while that email is still kept (24 hours after it was sent by default)")
+		return
+	case errors.Is(err, errInvalidTask):
 		WriteError(w, http.StatusBadRequest, "invalid_body", "", err.Error())
 		return
-	}
-	opts := []asynq.Option{
-		asynq.MaxRetry(a.cfg.MaxAttempts - 1),
-		asynq.Retention(a.cfg.Retention),
-		asynq.Timeout(a.cfg.AttemptTimeout),
-	}
-	if initialStatus(e) == queue.StatusScheduled {
-		opts = append(opts, asynq.ProcessAt(e.SendAt))
-	}
-	for try := 0; ; try++ {
-		_, err = a.enq.EnqueueContext(ctx, task, opts...)
-		if err == nil || idemKey == "" || !errors.Is(err, asynq.ErrTaskIDConflict) {
-			break
-		}
-		// The key was used before: answer as the first request was
-		// answered if the body is the same.
-		info, ierr := a.insp.GetTaskInfo(queue.Name, e.ID)
-		if errors.Is(ierr, asynq.ErrTaskNotFound) && try == 0 {
-			continue // gone in between (retention over): this is a new email
-		}
-		if ierr != nil {
-			a.unavailable(w, ierr)
-			return
-		}
-		first, derr := queue.DecodeEmail(info.Payload)
-		if derr != nil || first.BodyHash != e.BodyHash {
-			WriteError(w, http.StatusConflict, "idempotency_key_reused", "Idempotency-Key",
-				"this key was used with a different body while that email is still kept (24 hours after it was sent by default)")
-			return
-		}
-		a.m.IdemReplays.Inc()
-		a.accepted(w, first.ID, initialStatus(first))
-		return
-	}
-	if err != nil {
+	case err != nil:
 		// A timeout leaves it open whether Redis ran the enqueue (a
 		// frozen Redis runs it when it wakes): say so, and point at the
 		// Idempotency-Key, which makes the retry safe either way.
@@ -358,6 +341,10 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		w.Header().Set("Retry-After", "5")
 		WriteError(w, http.StatusServiceUnavailable, "queue_unavailable", "",
 			"the queue did not confirm the email; retry later, with the same Idempotency-Key to be sure it is sent once")
+		return
+	case first != nil:
+		a.m.IdemReplays.Inc()
+		a.accepted(w, first.ID, initialStatus(first))
 		return
 	}
 	// From here on the email is in Redis: it is accepted.
@@ -557,74 +544,118 @@ func (a *API) list(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
 	out := List{Emails: []*queue.EmailStatus{}, Status: status, Page: page, PageSize: size}
-	qi, err := queue.QueueInfo(a.insp)
+	// Every queue (each priority, each shard) in turn, as one list.
+	qis, err := a.topo.QueueInfos(a.insp, a.topo.All())
 	if err != nil {
 		a.unavailable(w, err)
 		return
 	}
-	out.Total = count(qi)
+	counts := make([]int, len(qis))
+	for i, qi := range qis {
+		counts[i] = count(qi)
+		out.Total += counts[i]
+	}
 	if out.Total == 0 {
 		WriteJSON(w, http.StatusOK, out)
 		return
 	}
 	if scope := a.scope(key); scope != "" {
-		if err := a.listOwn(ctx, &out, fn, scope); err != nil {
+		if err := a.listOwn(ctx, &out, fn, qis, counts, scope); err != nil {
 			a.unavailable(w, err)
 			return
 		}
 		WriteJSON(w, http.StatusOK, out)
 		return
 	}
-	infos, err := fn(queue.Name, asynq.Page(page), asynq.PageSize(size))
-	if err != nil {
-		a.unavailable(w, err)
-		return
-	}
-	for _, info := range infos {
-		st, err := a.compose(ctx, info)
+	skip, need := (page-1)*size, size
+	for i, qi := range qis {
+		if need == 0 {
+			break
+		}
+		if skip >= counts[i] {
+			skip -= counts[i]
+			continue
+		}
+		infos, err := listRange(fn, qi.Queue, skip, need)
 		if err != nil {
 			a.unavailable(w, err)
 			return
 		}
-		if st != nil {
-			out.Emails = append(out.Emails, st)
-		}
-	}
-	WriteJSON(w, http.StatusOK, out)
-}
-
-// listOwn fills out with the page of the emails of owner among the first
-// Config.ListScanLimit in the state fn lists; out.Total is the number of
-// all of them (the state's total when it comes in).
-func (a *API) listOwn(ctx context.Context, out *List, fn func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error), owner string) error {
-	inState := out.Total
-	skip := (out.Page - 1) * out.PageSize
-	out.Total = 0
-	examined, batch := 0, min(scanBatch, a.cfg.ListScanLimit)
-	for p := 1; examined < a.cfg.ListScanLimit; p++ {
-		infos, err := fn(queue.Name, asynq.Page(p), asynq.PageSize(batch))
-		if err != nil {
-			return err
-		}
-		examined += len(infos)
+		skip = 0
+		need -= len(infos)
 		for _, info := range infos {
-			if o, err := queue.PayloadOwner(info.Payload); err != nil || o != owner {
-				continue
-			}
-			out.Total++
-			if out.Total <= skip || len(out.Emails) == out.PageSize {
-				continue
-			}
 			st, err := a.compose(ctx, info)
 			if err != nil {
-				return err
+				a.unavailable(w, err)
+				return
 			}
 			if st != nil {
 				out.Emails = append(out.Emails, st)
 			}
 		}
-		if len(infos) < batch {
-			return nil // the end of the state's list
+	}
+	WriteJSON(w, http.StatusOK, out)
+}
+
+// listRange returns up to n tasks of queue q from the from-th on, reading
+// pages of scanBatch.
+func listRange(fn func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error), q string, from, n int) ([]*asynq.TaskInfo, error) {
+	var out []*asynq.TaskInfo
+	for p := from / scanBatch; len(out) < n; p++ {
+		infos, err := fn(q, asynq.Page(p+1), asynq.PageSize(scanBatch))
+		if err != nil {
+			return nil, err
+		}
+		for i, info := range infos {
+			if p*scanBatch+i >= from && len(out) < n {
+				out = append(out, info)
+			}
+		}
+		if len(infos) < scanBatch {
+			break
+		}
+	}
+	return out, nil
+}
+
+// listOwn fills out with the page of the emails of owner among the first
+// Config.ListScanLimit in the state fn lists, over the queues qis in turn
+// (counts: their numbers in the state); out.Total is the number of all of
+// them (the state's total when it comes in).
+func (a *API) listOwn(ctx context.Context, out *List, fn func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error), qis []*asynq.QueueInfo, counts []int, owner string) error {
+	inState := out.Total
+	skip := (out.Page - 1) * out.PageSize
+	out.Total = 0
+	examined, batch := 0, min(scanBatch, a.cfg.ListScanLimit)
+	for qi, q := range qis {
+		if counts[qi] == 0 {
+			continue
+		}
+		for p := 1; examined < a.cfg.ListScanLimit; p++ {
+			infos, err := fn(q.Queue, asynq.Page(p), asynq.PageSize(batch))
+			if err != nil {
+				return err
+			}
+			examined += len(infos)
+			for _, info := range infos {
+				if o, err := queue.PayloadOwner(info.Payload); err != nil || o != owner {
+					continue
+				}
+				out.Total++
+				if out.Total <= skip || len(out.Emails) == out.PageSize {
+					continue
+				}
+				st, err := a.compose(ctx, info)
+				if err != nil {
+					return err
+				}
+				if st != nil {
+					out.Emails = append(out.Emails, st)
+				}
+			}
+			if len(infos) < batch {
+				break // the end of this queue's list in the state
+			}
 		}
 	}
 	out.Truncated = examined < inState

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -32,13 +31,15 @@ func (e *ErrWrongState) Error() string {
 type Admin struct {
 	Inspector *asynq.Inspector
 	Store     *Store
+	// Topology names the queues; nil is DefaultTopology.
+	Topology *Topology
 }
 
 // info returns the task of email id if owner may change it (Owns), else
 // ErrNotFound.
 func (a *Admin) info(id, owner string) (*asynq.TaskInfo, error) {
-	info, err := a.Inspector.GetTaskInfo(Name, id)
-	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+	info, err := FindTask(a.Inspector, a.Topology, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) {
 		return nil, ErrNotFound
 	}
 	if err != nil {
@@ -73,7 +74,7 @@ func (a *Admin) RetryFor(ctx context.Context, id, owner string) error {
 		return err
 	}
 	// RunTask is atomic in Redis: it fails if the task left the archive.
-	if err := a.Inspector.RunTask(Name, id); err != nil {
+	if err := a.Inspector.RunTask(info.Queue, id); err != nil {
 		return &ErrWrongState{Op: "retry", Status: "changing"}
 	}
 	return nil
@@ -99,11 +100,9 @@ func (a *Admin) CancelFor(ctx context.Context, id, owner string, extra ...func(*
 	default:
 		return &ErrWrongState{Op: "cancel", Status: StateName(info.State)}
 	}
-	var created time.Time
-	var emailOwner string
+	var e *Email
 	var extras []Extra
-	if e, err := DecodeEmail(info.Payload); err == nil {
-		created, emailOwner = e.CreatedAt, e.Owner
+	if e, err = DecodeEmail(info.Payload); err == nil {
 		for _, f := range extra {
 			x, err := f(e)
 			if err != nil {
@@ -116,10 +115,13 @@ func (a *Admin) CancelFor(ctx context.Context, id, owner string, extra ...func(*
 	}
 	// ArchiveTask is atomic in Redis: if a worker took the task since
 	// GetTaskInfo, it fails and the email is delivered, not canceled.
-	if err := a.Inspector.ArchiveTask(Name, id); err != nil {
+	if err := a.Inspector.ArchiveTask(info.Queue, id); err != nil {
 		return &ErrWrongState{Op: "cancel", Status: StatusSending}
 	}
-	u := Update{State: StatusCanceled, Reason: ReasonCanceled, CreatedAt: created, Owner: emailOwner}
+	u := Update{State: StatusCanceled, Reason: ReasonCanceled}
+	if e != nil {
+		u.CreatedAt, u.Owner, u.Priority, u.BatchID = e.CreatedAt, e.Owner, e.Priority, e.BatchID
+	}
 	if len(extras) > 0 {
 		u.Extra = func(ctx context.Context, c redis.Cmdable) []redis.Cmder {
 			var cmds []redis.Cmder
@@ -152,18 +154,69 @@ func StateName(s asynq.TaskState) string {
 	}
 }
 
-// QueueInfo returns the email queue's counts. A queue nobody has used yet
-// is empty, not an error (asynq reports it with an internal error type that
-// does not match asynq.ErrQueueNotFound).
+// QueueInfo returns the counts of every email queue of DefaultTopology,
+// summed (QueueInfos has them one by one).
 func QueueInfo(insp *asynq.Inspector) (*asynq.QueueInfo, error) {
+	return DefaultTopology.QueueInfo(insp)
+}
+
+// QueueInfo returns the counts of every queue of t, summed, named Name.
+func (t *Topology) QueueInfo(insp *asynq.Inspector) (*asynq.QueueInfo, error) {
+	infos, err := t.QueueInfos(insp, t.All())
+	if err != nil {
+		return nil, err
+	}
+	return SumQueueInfo(Name, infos), nil
+}
+
+// QueueInfos returns the counts of each of queues, in order. A queue nobody
+// has used yet is empty, not an error (asynq reports it with an internal
+// error type that does not match asynq.ErrQueueNotFound).
+func (t *Topology) QueueInfos(insp *asynq.Inspector, queues []string) ([]*asynq.QueueInfo, error) {
 	qs, err := insp.Queues()
 	if err != nil {
 		return nil, fmt.Errorf("list queues: %w", err)
 	}
+	known := make(map[string]bool, len(qs))
 	for _, q := range qs {
-		if q == Name {
-			return insp.GetQueueInfo(Name)
-		}
+		known[q] = true
 	}
-	return &asynq.QueueInfo{Queue: Name}, nil
+	out := make([]*asynq.QueueInfo, 0, len(queues))
+	for _, q := range queues {
+		if !known[q] {
+			out = append(out, &asynq.QueueInfo{Queue: q})
+			continue
+		}
+		qi, err := insp.GetQueueInfo(q)
+		if err != nil {
+			return nil, fmt.Errorf("queue %s: %w", q, err)
+		}
+		out = append(out, qi)
+	}
+	return out, nil
+}
+
+// SumQueueInfo adds up infos under name: counts summed, the oldest
+// pending latency, paused if any is.
+func SumQueueInfo(name string, infos []*asynq.QueueInfo) *asynq.QueueInfo {
+	s := &asynq.QueueInfo{Queue: name}
+	for _, qi := range infos {
+		s.Size += qi.Size
+		s.MemoryUsage += qi.MemoryUsage
+		s.Pending += qi.Pending
+		s.Active += qi.Active
+		s.Scheduled += qi.Scheduled
+		s.Retry += qi.Retry
+		s.Archived += qi.Archived
+		s.Completed += qi.Completed
+		s.Aggregating += qi.Aggregating
+		s.Processed += qi.Processed
+		s.Failed += qi.Failed
+		s.ProcessedTotal += qi.ProcessedTotal
+		s.FailedTotal += qi.FailedTotal
+		s.Latency = max(s.Latency, qi.Latency)
+		s.Paused = s.Paused || qi.Paused
+		s.Timestamp = qi.Timestamp
+	}
+	return s
 }

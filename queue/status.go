@@ -48,6 +48,12 @@ type EmailStatus struct {
 	NextAttemptAt *time.Time        `json:"next_attempt_at,omitempty"`
 	Subject       string            `json:"subject"`
 	Recipients    []RecipientStatus `json:"recipients"`
+	// Priority is high, normal or bulk.
+	Priority string `json:"priority,omitempty"`
+	// BatchID is the batch the email came in (POST /v1/emails/batch).
+	BatchID string `json:"batch_id,omitempty"`
+	// Queue is the asynq queue that holds the task; never shown.
+	Queue string `json:"-"`
 	// Owner is the email's owner (Email.Owner); never shown.
 	Owner string `json:"-"`
 	// Metadata is the send's own string pairs, while the queue holds
@@ -62,6 +68,24 @@ var ErrNotFound = errors.New("email not found")
 type Lookup struct {
 	Inspector *asynq.Inspector
 	Store     *Store
+	// Topology names the queues; nil is DefaultTopology.
+	Topology *Topology
+}
+
+// FindTask returns the task of email id from whichever of its candidate
+// queues (Topology.Candidates) holds it, or asynq.ErrTaskNotFound.
+func FindTask(insp *asynq.Inspector, t *Topology, id string) (*asynq.TaskInfo, error) {
+	for _, q := range t.Candidates(id) {
+		info, err := insp.GetTaskInfo(q, id)
+		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return info, nil
+	}
+	return nil, asynq.ErrTaskNotFound
 }
 
 // Status returns the status of email id, or ErrNotFound.
@@ -73,8 +97,8 @@ func (l *Lookup) Status(ctx context.Context, id string) (*EmailStatus, error) {
 // none) is ErrNotFound, as if it did not exist. An empty owner is every
 // owner.
 func (l *Lookup) StatusFor(ctx context.Context, id, owner string) (*EmailStatus, error) {
-	info, err := l.Inspector.GetTaskInfo(Name, id)
-	if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+	info, err := FindTask(l.Inspector, l.Topology, id)
+	if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
 		return nil, fmt.Errorf("get task: %w", err)
 	}
 	if err != nil {
@@ -103,7 +127,11 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 	if rec == nil {
 		rec = &Record{Recipients: map[string]RecipientResult{}}
 	}
-	st := &EmailStatus{ID: id, CreatedAt: rec.CreatedAt, Attempts: rec.Attempts, LastError: rec.LastError, FailureReason: rec.Reason, Owner: rec.Owner}
+	st := &EmailStatus{ID: id, CreatedAt: rec.CreatedAt, Attempts: rec.Attempts, LastError: rec.LastError, FailureReason: rec.Reason, Owner: rec.Owner,
+		Priority: rec.Priority, BatchID: rec.BatchID}
+	if st.Priority == "" {
+		st.Priority = PriorityNormal
+	}
 	if !rec.SentAt.IsZero() {
 		t := rec.SentAt
 		st.SentAt = &t
@@ -129,6 +157,7 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 		st.Attempts, st.LastError, st.FailureReason, st.SentAt = 0, "", "", nil
 	}
 	st.CreatedAt, st.Subject, st.Owner, st.Metadata = e.CreatedAt, e.Subject, e.Owner, e.Metadata
+	st.Priority, st.BatchID, st.Queue = e.PriorityOrNormal(), e.BatchID, info.Queue
 	st.MaxAttempts = info.MaxRetry + 1
 	if st.LastError == "" {
 		st.LastError = info.LastErr

@@ -95,6 +95,8 @@ type Record struct {
 	// DKIMSignature holds the DKIM-Signature header fields an earlier
 	// attempt sent, for the next attempt to send again.
 	DKIMSignature string
+	// Priority and BatchID are the email's (Email.Priority, BatchID).
+	Priority, BatchID string
 	// Stale marks a record of an earlier email with the same id.
 	Stale bool
 }
@@ -154,6 +156,8 @@ type Update struct {
 	SentAt     time.Time
 	CreatedAt  time.Time // written only when set
 	Owner      string    // written only when set
+	Priority   string    // written only when set
+	BatchID    string    // written only when set
 	Attempts   int       // written only when set
 	Recipients map[string]RecipientResult
 	// DKIMSignature is written only when set.
@@ -176,7 +180,7 @@ type Extra func(ctx context.Context, c redis.Cmdable) []redis.Cmder
 // is never sent to again, even if the task is delivered twice.
 func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	key := recordKey(id)
-	fields := make([]any, 0, 2*len(u.Recipients)+14)
+	fields := make([]any, 0, 2*len(u.Recipients)+18)
 	if u.State != "" {
 		fields = append(fields, "state", u.State)
 	}
@@ -191,6 +195,12 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	}
 	if u.Owner != "" {
 		fields = append(fields, "owner", u.Owner)
+	}
+	if u.Priority != "" {
+		fields = append(fields, "priority", u.Priority)
+	}
+	if u.BatchID != "" {
+		fields = append(fields, "batch_id", u.BatchID)
 	}
 	if u.Attempts > 0 {
 		fields = append(fields, "attempts", u.Attempts)
@@ -285,6 +295,10 @@ func parseRecord(m map[string]string) (*Record, error) {
 			r.LastError = v
 		case k == "owner":
 			r.Owner = v
+		case k == "priority":
+			r.Priority = v
+		case k == "batch_id":
+			r.BatchID = v
 		case k == "created_at":
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {

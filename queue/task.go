@@ -98,6 +98,11 @@ type Email struct {
 	// Suppressed lists the recipients the intake found on the
 	// suppression list: they are never sent to.
 	Suppressed []Suppressed `json:"suppressed,omitempty"`
+	// Priority is high, normal or bulk (PriorityHigh…); empty (payloads
+	// of releases before priorities) is normal.
+	Priority string `json:"priority,omitempty"`
+	// BatchID is the batch the email came in, if any.
+	BatchID string `json:"batch_id,omitempty"`
 }
 
 // Suppressed is a recipient the intake found suppressed, and why.
@@ -114,6 +119,14 @@ func (e *Email) SuppressedReason(addr string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// PriorityOrNormal is e's priority, normal when unset.
+func (e *Email) PriorityOrNormal() string {
+	if e.Priority == "" {
+		return PriorityNormal
+	}
+	return e.Priority
 }
 
 // Recipients returns every envelope recipient (To, then Cc, then Bcc) once,
@@ -140,9 +153,15 @@ func (e *Email) EnvelopeFrom() string {
 	return e.From.Address
 }
 
-// NewTask returns the asynq task for e. The task id is the email id, so
-// asynq itself refuses a second task for the same email.
+// NewTask returns the asynq task for e, on its queue in DefaultTopology.
+// The task id is the email id, so asynq itself refuses a second task for
+// the same email in the same queue.
 func NewTask(e *Email, opts ...asynq.Option) (*asynq.Task, error) {
+	return DefaultTopology.NewTask(e, opts...)
+}
+
+// NewTask returns the asynq task for e on its queue in t (Pick).
+func (t *Topology) NewTask(e *Email, opts ...asynq.Option) (*asynq.Task, error) {
 	if e.ID == "" {
 		return nil, errors.New("queue: email has no id")
 	}
@@ -155,7 +174,7 @@ func NewTask(e *Email, opts ...asynq.Option) (*asynq.Task, error) {
 			return nil, fmt.Errorf("queue: encode email: %w", err)
 		}
 	}
-	opts = append([]asynq.Option{asynq.TaskID(e.ID), asynq.Queue(Name)}, opts...)
+	opts = append([]asynq.Option{asynq.TaskID(e.ID), asynq.Queue(t.Pick(e.PriorityOrNormal(), e.ID))}, opts...)
 	return asynq.NewTask(TypeSendEmail, b, opts...), nil
 }
 
@@ -187,6 +206,7 @@ var (
 		Metadata                map[string]string
 		ListUnsubscribe         bool
 		Suppressed              []Suppressed
+		Priority, BatchID       string
 	}(Email{})
 	_ = struct{ Name, Address string }(Address{})
 	_ = struct{ Address, Reason string }(Suppressed{})
@@ -223,7 +243,7 @@ func encodedSize(e *Email) int {
 		addr(e.From) + list("to", e.To) + list("cc", e.Cc) + list("bcc", e.Bcc) +
 		opt("subject", e.Subject) + opt("body", e.Body) + opt("importance", e.Importance) +
 		opt("read_receipt", e.ReadReceipt) + len(`,"delivery_receipt":true`) + opt("return_path", e.ReturnPath) +
-		opt("body_hash", e.BodyHash) + opt("owner", e.Owner)
+		opt("body_hash", e.BodyHash) + opt("owner", e.Owner) + opt("priority", e.Priority) + opt("batch_id", e.BatchID)
 	if len(e.Metadata) > 0 {
 		n += len(`,"metadata":{}`) + len(e.Metadata) - 1
 		for k, v := range e.Metadata {
@@ -338,6 +358,8 @@ func appendEmail(b []byte, e *Email) (_ []byte, ok bool) {
 		}
 		b = append(b, ']')
 	}
+	b = appendOptString(b, `,"priority":`, e.Priority)
+	b = appendOptString(b, `,"batch_id":`, e.BatchID)
 	return append(b, '}'), true
 }
 

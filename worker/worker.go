@@ -55,6 +55,21 @@ type Config struct {
 	// number of concurrent sends, is the ceiling (README: Performance).
 	// If zero, 4; never more than Concurrency.
 	Fetchers int
+	// HighConcurrency is the share of Concurrency reserved for high
+	// priority emails: the last of the Fetchers serves only the high
+	// queues, polls them every 20ms and has this concurrency, so a backlog
+	// of normal or bulk email never stands in front of them (with one
+	// fetcher, a second is started for high, on top of Concurrency). If
+	// zero, the last fetcher's even share (Concurrency/Fetchers, at
+	// least 1).
+	HighConcurrency int
+	// ReservedConns is how many of the pool's connections normal and bulk
+	// emails may not take: the last ReservedConns are for high ones. If
+	// zero, Pool.Size/5 (at least 1 when the pool has 2 or more); -1: none.
+	ReservedConns int
+	// Topology names the queues to serve (SENDQ_QUEUE_SHARDS); nil is
+	// one queue per priority.
+	Topology *queue.Topology
 	// RetryBaseDelay is the first retry's delay, doubled for each retry
 	// with jitter. If zero, 30s.
 	RetryBaseDelay time.Duration
@@ -157,6 +172,27 @@ func (c *Config) validate() error {
 		c.Fetchers = 4
 	}
 	c.Fetchers = min(c.Fetchers, c.Concurrency)
+	if c.HighConcurrency <= 0 {
+		c.HighConcurrency = max(1, c.Concurrency/c.Fetchers)
+		if c.Fetchers == 1 {
+			c.HighConcurrency = max(1, c.Concurrency/4)
+		}
+	}
+	if c.Fetchers > 1 && c.HighConcurrency > c.Concurrency-(c.Fetchers-1) {
+		errs = append(errs, fmt.Sprintf("high concurrency %d leaves less than one per other fetcher of concurrency %d", c.HighConcurrency, c.Concurrency))
+	}
+	switch {
+	case c.ReservedConns < 0:
+		c.ReservedConns = 0
+	case c.ReservedConns == 0 && c.Pool.Size >= 2:
+		c.ReservedConns = max(1, c.Pool.Size/5)
+	}
+	if c.ReservedConns >= c.Pool.Size {
+		errs = append(errs, fmt.Sprintf("reserved connections %d must be fewer than the pool size %d", c.ReservedConns, c.Pool.Size))
+	}
+	if c.Topology == nil {
+		c.Topology = queue.DefaultTopology
+	}
 	if c.RetryBaseDelay <= 0 {
 		c.RetryBaseDelay = 30 * time.Second
 	}
@@ -201,8 +237,11 @@ type Worker struct {
 	log    *slog.Logger
 	m      *metrics.Metrics
 	relays *relaySet
-	srvs   []*asynq.Server // the fetchers
+	srvs   []*asynq.Server // the fetchers, the high one last
 	now    func() time.Time
+	// general holds a token per transaction a normal or bulk email has
+	// under way, so that ReservedConns stay free for high ones.
+	general chan struct{}
 }
 
 const maxCooldown = 30 * time.Second
@@ -216,29 +255,61 @@ func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, relays: relays, now: time.Now}
-	delayed := time.Second
-	poll := 50 * time.Millisecond
+	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, relays: relays, now: time.Now,
+		general: make(chan struct{}, cfg.Pool.Size-cfg.ReservedConns)}
+	// Scheduled emails and due retries are moved to their queue by each
+	// server's forwarder: the first fetcher and the high one check every
+	// 250ms (SendAt is honoured within about a second and a quarter:
+	// asynq scores by whole seconds, the intake rounds SendAt up), the
+	// others every 5s as a fallback, to spare Redis.
+	delayed, slowDelayed := 250*time.Millisecond, 5*time.Second
+	poll, highPoll := 50*time.Millisecond, 20*time.Millisecond
 	if cfg.PollInterval > 0 {
-		delayed, poll = cfg.PollInterval, cfg.PollInterval
+		delayed, slowDelayed, poll, highPoll = cfg.PollInterval, cfg.PollInterval, cfg.PollInterval, cfg.PollInterval
 	}
-	for i := range cfg.Fetchers {
-		// Concurrency split as evenly as it goes: 18 over 4 is 5, 5, 4, 4.
-		n := cfg.Concurrency / cfg.Fetchers
-		if i < cfg.Concurrency%cfg.Fetchers {
+	// Normal and bulk share the general fetchers, normal weighted 4 to 1:
+	// asynq shuffles the weighted list on every fetch and takes from the
+	// first queue that has a task, so a freed slot goes to a waiting
+	// normal email four times in five however long the bulk backlog. The
+	// shards of a priority weigh the same.
+	queues := map[string]int{}
+	for _, q := range cfg.Topology.Queues(queue.PriorityNormal) {
+		queues[q] = 4
+	}
+	for _, q := range cfg.Topology.Queues(queue.PriorityBulk) {
+		queues[q] = 1
+	}
+	general, rest := max(cfg.Fetchers-1, 1), cfg.Concurrency
+	if cfg.Fetchers > 1 {
+		rest -= cfg.HighConcurrency
+	}
+	for i := range general {
+		// The rest split as evenly as it goes: 18 over 4 fetchers is 5, 5,
+		// 4 and 4 for high.
+		n := rest / general
+		if i < rest%general {
 			n++
 		}
-		w.srvs = append(w.srvs, w.newServer(rdb, n, delayed, poll))
+		d := slowDelayed
+		if i == 0 {
+			d = delayed
+		}
+		w.srvs = append(w.srvs, w.newServer(rdb, n, queues, d, poll))
 	}
+	high := map[string]int{}
+	for _, q := range cfg.Topology.Queues(queue.PriorityHigh) {
+		high[q] = 1
+	}
+	w.srvs = append(w.srvs, w.newServer(rdb, cfg.HighConcurrency, high, delayed, highPoll))
 	return w, nil
 }
 
 // newServer returns one fetcher: an asynq server handing its tasks to w.
-func (w *Worker) newServer(rdb redis.UniversalClient, concurrency int, delayed, poll time.Duration) *asynq.Server {
+func (w *Worker) newServer(rdb redis.UniversalClient, concurrency int, queues map[string]int, delayed, poll time.Duration) *asynq.Server {
 	cfg := w.cfg
 	return asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              concurrency,
-		Queues:                   map[string]int{queue.Name: 1},
+		Queues:                   queues,
 		RetryDelayFunc:           w.retryDelay,
 		ShutdownTimeout:          cfg.ShutdownTimeout,
 		DelayedTaskCheckInterval: delayed,
@@ -432,7 +503,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 
 	u := queue.Update{Recipients: results, LastError: formatReply(lastReply),
-		Attempts: attempt, CreatedAt: e.CreatedAt, Owner: e.Owner, Reset: rec.Stale}
+		Attempts: attempt, CreatedAt: e.CreatedAt, Owner: e.Owner, Priority: e.Priority, BatchID: e.BatchID, Reset: rec.Stale}
 	if dkimSig != rec.DKIMSignature {
 		u.DKIMSignature = dkimSig // for the next attempt to send again
 	}
@@ -555,7 +626,20 @@ func (w *Worker) deliver(ctx context.Context, e *queue.Email, msg *outgoing, pen
 	var rcpt map[string]error
 	var via map[string]string
 	var data map[string]queue.Reply
-	if len(env.To) > 0 {
+	if len(env.To) > 0 && e.PriorityOrNormal() != queue.PriorityHigh {
+		// Normal and bulk may not take the reserved connections.
+		select {
+		case w.general <- struct{}{}:
+			defer func() { <-w.general }()
+		case <-ctx.Done():
+			err := fmt.Errorf("wait for smtp connection: %w", ctx.Err())
+			rcpt = make(map[string]error, len(env.To))
+			for _, r := range env.To {
+				rcpt[r] = err
+			}
+		}
+	}
+	if len(env.To) > 0 && rcpt == nil {
 		rcpt, via, data = w.send(ctx, env, msg, e.From.Address)
 	}
 	now := w.now()

@@ -215,7 +215,8 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, reg)
 	insp := asynq.NewInspectorFromRedisClient(rdb)
-	reg.MustRegister(metrics.NewQueueCollector(insp, queue.Name, events.Queue))
+	topo := cfg.Topology()
+	reg.MustRegister(metrics.NewShardedQueueCollector(insp, queueGroups(topo, events.Queue)))
 	store := queue.NewStore(rdb, cfg.RecordTTL())
 	evm := events.NewMetrics(reg)
 	reg.MustRegister(events.NewCollector(rdb, insp))
@@ -301,7 +302,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
 				MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
-			RatePerKey: cfg.RatePerKey, Events: evlog,
+			RatePerKey: cfg.RatePerKey, Events: evlog, Topology: topo,
 			Logger: log, Metrics: m,
 			Suppression: newList(checks), Signer: signer, PublicURL: cfg.PublicURL, Notifier: notifier,
 		})
@@ -398,7 +399,8 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Circuit: circuit.Config{Threshold: cfg.CircuitFailures, Cooldown: cfg.CircuitCooldown},
 			Pool: worker.PoolConfig{Size: cfg.PoolSize, IdleTimeout: cfg.IdleTimeout, MaxConnAge: cfg.MaxConnAge,
 				CommandTimeout: cfg.SMTPTimeout},
-			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
+			Concurrency: cfg.Concurrency, Fetchers: cfg.Fetchers, HighConcurrency: cfg.HighConcurrency,
+			ReservedConns: cfg.ReservedConns, Topology: topo, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
 			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
 			DKIM: dkimSigner, NoTextPart: !cfg.TextPart,
 			Store: wstore, Events: wlog, Logger: log, Metrics: m,
@@ -500,6 +502,19 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	}
 	log.Info("sendq stopped")
 	return runErr
+}
+
+// queueGroups maps the queue label of the metrics (queue.BaseName of each
+// priority) to the priority's shard queues, which it sums.
+func queueGroups(t *queue.Topology, more ...string) []metrics.QueueGroup {
+	var out []metrics.QueueGroup
+	for _, p := range queue.Priorities {
+		out = append(out, metrics.QueueGroup{Label: queue.BaseName(p), Queues: t.Queues(p)})
+	}
+	for _, q := range more {
+		out = append(out, metrics.QueueGroup{Label: q, Queues: []string{q}})
+	}
+	return out
 }
 
 // healthcheck asks the local process' /healthz; a container health check

@@ -47,17 +47,22 @@ func operate(name string, ids []string, cfg *config.Config, stdout, stderr io.Wr
 		fmt.Fprintf(stderr, "sendq %s: %v\n", name, err)
 		return 1
 	}
-	admin := &queue.Admin{Inspector: insp, Store: store}
+	topo := cfg.Topology()
+	admin := &queue.Admin{Inspector: insp, Store: store, Topology: topo}
 	switch name {
 	case "queues":
-		qi, err := queue.QueueInfo(insp)
-		if err != nil {
-			return fail(err)
-		}
+		// One line per priority, its shards summed.
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "QUEUE\tPENDING\tACTIVE\tSCHEDULED\tRETRY\tFAILED\tSENT(RETAINED)\tOLDEST PENDING\tPAUSED")
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%v\n", qi.Queue, qi.Pending, qi.Active, qi.Scheduled,
-			qi.Retry, qi.Archived, qi.Completed, qi.Latency.Round(time.Millisecond), qi.Paused)
+		fmt.Fprintln(tw, "QUEUE\tPRIORITY\tSHARDS\tPENDING\tACTIVE\tSCHEDULED\tRETRY\tFAILED\tSENT(RETAINED)\tOLDEST PENDING\tPAUSED")
+		for _, p := range queue.Priorities {
+			infos, err := topo.QueueInfos(insp, topo.Queues(p))
+			if err != nil {
+				return fail(err)
+			}
+			qi := queue.SumQueueInfo(queue.BaseName(p), infos)
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%v\n", qi.Queue, p, len(infos), qi.Pending, qi.Active, qi.Scheduled,
+				qi.Retry, qi.Archived, qi.Completed, qi.Latency.Round(time.Millisecond), qi.Paused)
+		}
 		_ = tw.Flush()
 		return 0
 	case "retry":
@@ -81,7 +86,7 @@ func operate(name string, ids []string, cfg *config.Config, stdout, stderr io.Wr
 		}
 		_ = handOff(ctx)
 	}
-	st, err := (&queue.Lookup{Inspector: insp, Store: store}).Status(ctx, ids[0])
+	st, err := (&queue.Lookup{Inspector: insp, Store: store, Topology: topo}).Status(ctx, ids[0])
 	if err != nil {
 		return fail(err)
 	}

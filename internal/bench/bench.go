@@ -96,6 +96,8 @@ type options struct {
 	baselines        bool
 	stall            time.Duration
 	verbose          bool
+	prioBulk         int
+	prioN            int
 }
 
 const usage = `Usage: sendq bench [flags]
@@ -144,6 +146,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.Float64Var(&o.liveRate, "live-rate", 0, "emails/s of the live phase; 0: a quarter of the measured delivery rate (the API and the load generator share the cores with the worker)")
 	fs.BoolVar(&o.baselines, "baselines", true, "measure the baselines (false: sendq only)")
 	fs.DurationVar(&o.stall, "stall-timeout", 30*time.Second, "fail a phase that makes no progress for this long")
+	fs.IntVar(&o.prioBulk, "priority-bulk", 50000, "bulk emails queued for the priority phase (last round; at most 10 x -n): the worker is busy with them while high and normal ones are posted; 0 skips it")
+	fs.IntVar(&o.prioN, "priority-n", 50, "high emails, then normal ones, posted one every 100 ms in the priority phase")
 	fs.BoolVar(&o.verbose, "v", false, "write sendq's logs (info and up) to stderr")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -220,6 +224,9 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	runErr := r.run(ctx)
 	rep := r.report()
 	rep.writeTable(stdout)
+	if r.prio != nil {
+		r.prio.write(stdout)
+	}
 	if o.jsonFile != "" {
 		if err := rep.writeJSON(o.jsonFile); err != nil && runErr == nil {
 			runErr = err
@@ -249,6 +256,8 @@ type runner struct {
 	sink      *sink
 	req       *request
 	apiKey    string
+
+	prio *prioResult // the priority phase's, if it ran
 
 	rounds []*results // one per round begun, in order
 	res    *results   // the current round's
@@ -366,6 +375,9 @@ func (r *runner) run(ctx context.Context) error {
 		r.sink = s
 		defer s.close()
 		sendqSide = append(sendqSide, r.sendq)
+		if o.prioBulk > 0 {
+			sendqSide = append(sendqSide, r.priority)
+		}
 		if o.baselines {
 			baseSide = append(baseSide, func(ctx context.Context) error { return r.naive(ctx, true) }, r.asynqNoop, r.rawSMTP)
 		}
@@ -500,7 +512,12 @@ func (r *runner) flush(ctx context.Context) error {
 
 // load runs one intake load against url with the progress bar, labelled
 // as the load generator in the CPU profile.
-func (r *runner) load(ctx context.Context, name, url, phase string, n, c int, every time.Duration) *loadResult {
+// rq, if given, replaces the run's request.
+func (r *runner) load(ctx context.Context, name, url, phase string, n, c int, every time.Duration, rq ...*request) *loadResult {
+	req := r.req
+	if len(rq) > 0 {
+		req = rq[0]
+	}
 	client := newHTTPClient(c)
 	defer client.CloseIdleConnections()
 	var count atomic.Int64
@@ -508,7 +525,7 @@ func (r *runner) load(ctx context.Context, name, url, phase string, n, c int, ev
 	defer stop()
 	var res *loadResult
 	pprof.Do(ctx, pprof.Labels("component", "loadgen"), func(ctx context.Context) {
-		res = runLoad(ctx, client, url, r.req, phase, n, c, every, &count)
+		res = runLoad(ctx, client, url, req, phase, n, c, every, &count)
 	})
 	return res
 }

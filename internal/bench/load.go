@@ -48,6 +48,13 @@ func newRequest(from string, rcpts, bodyBytes int, apiKey, runID string) *reques
 	}
 }
 
+// withPriority returns rq with "Priority": p in every body.
+func (rq *request) withPriority(p string) *request {
+	c := *rq
+	c.prefix = append([]byte(`{"Priority":"`+p+`",`), rq.prefix[1:]...)
+	return &c
+}
+
 // naivePayload is the naive task payload of one email like the requests.
 func (rq *request) naivePayload() []byte {
 	b, _ := json.Marshal(rq.sample)

@@ -42,6 +42,9 @@ type Config struct {
 	SMTPTimeout     time.Duration
 	Concurrency     int
 	Fetchers        int
+	HighConcurrency int
+	ReservedConns   int
+	QueueShards     int
 	RetryBase       time.Duration
 	RetryMax        time.Duration
 	MaxAttempts     int
@@ -177,6 +180,29 @@ var settings = []Setting{
 		set: integer("SENDQ_WORKER_CONCURRENCY", func(c *Config) *int { return &c.Concurrency }, 1)},
 	{Env: "SENDQ_WORKER_FETCHERS", Flag: "worker-fetchers", Def: "4", Help: "asynq servers one worker process runs over its pool, splitting the concurrency: each takes tasks from Redis one round trip at a time",
 		set: integer("SENDQ_WORKER_FETCHERS", func(c *Config) *int { return &c.Fetchers }, 1)},
+	{Env: "SENDQ_HIGH_CONCURRENCY", Flag: "high-concurrency", Def: "", Help: "share of the worker concurrency reserved for high-priority email, on the last fetcher, which serves only the high queues; default the last fetcher's even share (concurrency / fetchers)",
+		set: integer("SENDQ_HIGH_CONCURRENCY", func(c *Config) *int { return &c.HighConcurrency }, 1)},
+	{Env: "SENDQ_SMTP_RESERVED", Flag: "smtp-reserved", Def: "", Help: "SMTP connections of the pool that normal and bulk email may not take (kept for high); default pool size / 5, at least 1; 0: none",
+		set: func(c *Config, v string) error {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || n < 0 {
+				return fmt.Errorf("SENDQ_SMTP_RESERVED=%q must be a whole number of at least 0", v)
+			}
+			c.ReservedConns = n
+			if n == 0 {
+				c.ReservedConns = -1 // none, as asked
+			}
+			return nil
+		}},
+	{Env: "SENDQ_QUEUE_SHARDS", Flag: "queue-shards", Def: "1", Help: "asynq queues per priority, named so that their Redis Cluster hash slots spread over the keyspace (2 per cluster master is a good start); every API, worker and CLI process must use the same number",
+		set: func(c *Config, v string) error {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || n < 1 || n > queue.MaxShards {
+				return fmt.Errorf("SENDQ_QUEUE_SHARDS=%q must be a whole number from 1 to %d", v, queue.MaxShards)
+			}
+			c.QueueShards = n
+			return nil
+		}},
 	{Env: "SENDQ_RETRY_BASE_DELAY", Flag: "retry-base-delay", Def: "30s", Help: "first retry delay, doubled each retry with jitter",
 		set: duration("SENDQ_RETRY_BASE_DELAY", func(c *Config) *time.Duration { return &c.RetryBase })},
 	{Env: "SENDQ_RETRY_MAX_DELAY", Flag: "retry-max-delay", Def: "1h", Help: "cap on the retry delay",
@@ -335,6 +361,9 @@ func Load(name string, args []string, getenv func(string) string, out io.Writer)
 	}
 	return c, errors.Join(errs...)
 }
+
+// Topology is the queue naming of QueueShards.
+func (c *Config) Topology() *queue.Topology { return queue.NewTopology(c.QueueShards) }
 
 // RecordTTL is how long a delivery record outlives its last write: longer
 // than an email may be retried (MaxAge) plus how long a finished one stays

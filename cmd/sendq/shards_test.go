@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sendq/sendq/internal/proctest"
+	"github.com/sendq/sendq/internal/redistest"
+	"github.com/sendq/sendq/internal/smtptest"
+)
+
+// With SENDQ_QUEUE_SHARDS=6 on a real three-master Redis Cluster, the
+// tasks of 3,000 emails sent singly spread over every master (each holds
+// at least 15% of them while they are queued), and the path still works:
+// 202s, idempotency, status, delivery of every email once.
+func TestQueueShardsSpreadOverTheCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	sink := smtptest.Start(t)
+	env := []string{"REDIS_URL=" + cl.URL(), "SENDQ_QUEUE_SHARDS=6", "SENDQ_SMTP_URL=smtp://" + sink.Addr + "?tls=none"}
+	api := proctest.Start(t, binary, "api", env...)
+	base := "http://" + api.Addr
+
+	const n = 3000
+	var failed atomic.Int32
+	var wg sync.WaitGroup
+	next := atomic.Int32{}
+	for range 16 {
+		wg.Go(func() {
+			c := &http.Client{Timeout: 10 * time.Second}
+			for next.Add(1) <= n {
+				resp, err := c.Post(base+"/v1/emails", "application/json", bytes.NewReader(seedJSON))
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				if resp.StatusCode != 202 {
+					failed.Add(1)
+				}
+				_ = resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		t.Fatalf("%d of %d POSTs were not 202", f, n)
+	}
+	idem := map[string]string{"Idempotency-Key": "shards-1"}
+	first := call(t, "POST", base+"/v1/emails", seedJSON, idem)
+	again := call(t, "POST", base+"/v1/emails", seedJSON, idem)
+	var a1, a2 struct{ ID string }
+	_ = json.Unmarshal(first.Body, &a1)
+	_ = json.Unmarshal(again.Body, &a2)
+	if first.Resp.StatusCode != 202 || again.Resp.StatusCode != 202 || a1.ID == "" || a1.ID != a2.ID {
+		t.Fatalf("idempotent replay: %d %s, then %d %s", first.Resp.StatusCode, first.Body, again.Resp.StatusCode, again.Body)
+	}
+
+	// Every task hash (asynq:{queue}:t:id) of the queued emails, per master.
+	total, per := 0, map[string]int{}
+	for _, addr := range cl.Addrs {
+		c := redis.NewClient(&redis.Options{Addr: addr})
+		iter := c.Scan(t.Context(), 0, "asynq:{emails*}:t:*", 1000).Iterator()
+		for iter.Next(t.Context()) {
+			per[addr]++
+		}
+		if err := iter.Err(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.Close()
+		total += per[addr]
+	}
+	if total != n+1 {
+		t.Fatalf("%d task hashes in the cluster; want %d", total, n+1)
+	}
+	for _, addr := range cl.Addrs {
+		if share := float64(per[addr]) / float64(total); share < 0.15 {
+			t.Errorf("master %s holds %d of %d tasks (%.0f%%); want at least 15%%", addr, per[addr], total, 100*share)
+		}
+	}
+	t.Logf("tasks per master: %v", per)
+
+	// A worker with the same shards serves them all, once each.
+	w := proctest.Start(t, binary, "worker", env...)
+	deadline := time.Now().Add(3 * time.Minute)
+	for len(sink.Messages()) < n+1 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got := len(sink.Messages()); got != n+1 {
+		t.Fatalf("SMTP server got %d messages; want %d", got, n+1)
+	}
+	if st := waitStatus(t, base, a1.ID, nil, "sent", "failed"); st["status"] != "sent" {
+		t.Errorf("idempotent email: %v", st)
+	}
+	m := call(t, "GET", base+"/metrics", nil, nil)
+	if !containsLine(string(m.Body), fmt.Sprintf(`sendq_queue_tasks{queue="emails",state="completed"} %d`, n+1)) {
+		t.Errorf("the queue metric does not sum the shards to %d completed", n+1)
+	}
+	w.Stop(t, 30*time.Second)
+	api.Stop(t, 30*time.Second)
+}
