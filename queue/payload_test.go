@@ -1,6 +1,7 @@
 package queue
 
 import (
+	jsonv1 "encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -63,6 +64,32 @@ func TestDecodeEmailOlderPayloads(t *testing.T) {
 		}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("DecodeEmail(%s) =\n%+v\nwant\n%+v", file, got, want)
+		}
+	}
+}
+
+// TestNewTaskPayloadReadByOlderWorkers decodes what NewTask writes as a
+// worker of the previous release does (encoding/json v1 into Email, then
+// the version check) and as this one does, and wants the email back.
+func TestNewTaskPayloadReadByOlderWorkers(t *testing.T) {
+	for name, e := range payloadFixtures() {
+		task, err := NewTask(e)
+		if err != nil {
+			t.Fatalf("NewTask(%s) error: %v", name, err)
+		}
+		var old Email
+		if err := jsonv1.Unmarshal(task.Payload(), &old); err != nil {
+			t.Fatalf("encoding/json.Unmarshal(NewTask(%s)) error: %v", name, err)
+		}
+		if old.V != PayloadVersion || !reflect.DeepEqual(&old, e) {
+			t.Errorf("encoding/json.Unmarshal(NewTask(%s)) =\n%+v\nwant\n%+v", name, &old, e)
+		}
+		got, err := DecodeEmail(task.Payload())
+		if err != nil {
+			t.Fatalf("DecodeEmail(NewTask(%s)) error: %v", name, err)
+		}
+		if !reflect.DeepEqual(got, e) {
+			t.Errorf("DecodeEmail(NewTask(%s)) =\n%+v\nwant\n%+v", name, got, e)
 		}
 	}
 }
