@@ -266,3 +266,7 @@ func (a *API) testConnection(w http.ResponseWriter, r *http.Request, _ *APIKey) 
 	}
 	WriteJSON(w, http.StatusOK, Connection{Status: "ok"})
 }
+
+// isNull reports whether raw is JSON null: null counts as absent, as in
+// DecodeRequest.
+func isNull(raw json.RawMessage) bool { return string(bytes.TrimSpace(raw)) == "null" }

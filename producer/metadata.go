@@ -1,9 +1,12 @@
 package producer
 
 import (
-	"bytes"
-	"encoding/json"
+	"maps"
+	"slices"
 	"unicode/utf8"
+
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Metadata limits: the caller's own string pairs, echoed in the status body
@@ -16,37 +19,29 @@ const (
 
 // decodeMetadata reads the Metadata member: an object of at most
 // MaxMetadataPairs string values. Errors name Metadata, or Metadata.<key>
-// for one pair; keys are case-sensitive and may not repeat. decodeObject
-// has already checked that raw is valid JSON and UTF-8.
-func decodeMetadata(raw json.RawMessage) (map[string]string, error) {
-	if isNull(raw) {
+// for one pair; keys are case-sensitive. The request's decoder has already
+// refused invalid JSON, invalid UTF-8 and a key given twice.
+func decodeMetadata(raw jsontext.Value) (map[string]string, error) {
+	if len(raw) == 0 || raw.Kind() == 'n' {
 		return nil, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+	if raw.Kind() != '{' {
 		return nil, fieldErr("Metadata", "must be an object of string values, such as {\"order_id\": \"1234\"}")
 	}
-	m := make(map[string]string)
-	for dec.More() {
-		tok, err := dec.Token()
-		key, ok := tok.(string)
-		if err != nil || !ok {
-			return nil, fieldErr("Metadata", "must be an object of string values")
-		}
+	var pairs map[string]jsontext.Value
+	if err := json.Unmarshal(raw, &pairs); err != nil {
+		return nil, fieldErr("Metadata", "must be an object of string values")
+	}
+	if len(pairs) > MaxMetadataPairs {
+		return nil, fieldErr("Metadata", "has more than %d pairs", MaxMetadataPairs)
+	}
+	m := make(map[string]string, len(pairs))
+	for _, key := range slices.Sorted(maps.Keys(pairs)) {
 		field := "Metadata." + key
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, fieldErr(field, "is not valid JSON")
-		}
-		s, ok := stringValue(v)
-		if !ok && (len(v) == 0 || v[0] != '"' || json.Unmarshal(v, &s) != nil) {
+		v := pairs[key]
+		var s string
+		if v.Kind() != '"' || json.Unmarshal(v, &s) != nil {
 			return nil, fieldErr(field, "must be a string")
-		}
-		if _, dup := m[key]; dup {
-			return nil, &FieldError{Field: field, Code: "duplicate_field", Message: "this Metadata key is given twice"}
-		}
-		if len(m) == MaxMetadataPairs {
-			return nil, fieldErr("Metadata", "has more than %d pairs", MaxMetadataPairs)
 		}
 		switch n := utf8.RuneCountInString(key); {
 		case n == 0:

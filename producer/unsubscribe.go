@@ -15,15 +15,11 @@ import (
 // decodeListUnsubscribe reads ListUnsubscribe (true/false or the
 // strings): true asks for RFC 8058 one-click unsubscribe headers, which
 // name one recipient, so the email must have exactly one.
-func decodeListUnsubscribe(f *fieldValues, e *queue.Email) error {
-	raw, ok := f.get("ListUnsubscribe")
-	if !ok || isNull(raw) {
+func decodeListUnsubscribe(v *flexBool, e *queue.Email) error {
+	if v == nil {
 		return nil
 	}
-	b, err := flexBool(raw)
-	if err != nil {
-		return fieldErr("ListUnsubscribe", "must be true or false")
-	}
+	b := bool(*v)
 	if n := countRecipients(e); b && n != 1 {
 		return fieldErr("ListUnsubscribe", "needs exactly one recipient across To, CC and Bcc (the link unsubscribes that one); this email has %d", n)
 	}
