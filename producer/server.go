@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -531,14 +532,8 @@ func (a *API) list(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		WriteError(w, http.StatusBadRequest, "invalid_parameter", "status", "status must be one of queued, scheduled, sending, retrying, sent, failed")
 		return
 	}
-	page, err := intParam(q.Get("page"), 1, 1, 1<<20)
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid_parameter", "page", err.Error())
-		return
-	}
-	size, err := intParam(q.Get("page_size"), 50, 1, 100)
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid_parameter", "page_size", err.Error())
+	page, size, ok := pageParams(w, q)
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
@@ -677,6 +672,22 @@ func (a *API) compose(ctx context.Context, info *asynq.TaskInfo) (*queue.EmailSt
 		return nil, nil // a task sendq did not write
 	}
 	return st, nil
+}
+
+// pageParams reads page (default 1) and page_size (default 50, at most
+// 100) of a listing, or answers the 400 naming the parameter itself.
+func pageParams(w http.ResponseWriter, q url.Values) (page, size int, ok bool) {
+	page, err := intParam(q.Get("page"), 1, 1, 1<<20)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_parameter", "page", err.Error())
+		return 0, 0, false
+	}
+	size, err = intParam(q.Get("page_size"), 50, 1, 100)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_parameter", "page_size", err.Error())
+		return 0, 0, false
+	}
+	return page, size, true
 }
 
 func intParam(s string, def, lo, hi int) (int, error) {

@@ -39,14 +39,8 @@ func (a *API) listSuppressions(w http.ResponseWriter, r *http.Request, _ *APIKey
 		WriteError(w, http.StatusBadRequest, "invalid_parameter", "reason", "reason must be one of "+strings.Join(suppression.Reasons, ", "))
 		return
 	}
-	page, err := intParam(q.Get("page"), 1, 1, 1<<20)
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid_parameter", "page", err.Error())
-		return
-	}
-	size, err := intParam(q.Get("page_size"), 50, 1, 100)
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid_parameter", "page_size", err.Error())
+	page, size, ok := pageParams(w, q)
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
@@ -85,14 +79,7 @@ func (a *API) getSuppression(w http.ResponseWriter, r *http.Request, _ *APIKey) 
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
 	e, err := a.cfg.Suppression.Get(ctx, addr)
-	switch {
-	case errors.Is(err, suppression.ErrNotFound):
-		WriteError(w, http.StatusNotFound, "not_found", "address", "this address is not suppressed")
-	case err != nil:
-		a.unavailable(w, err)
-	default:
-		WriteJSON(w, http.StatusOK, e)
-	}
+	a.writeEntry(w, e, err)
 }
 
 // putRequest is the optional body of PUT /v1/suppressions/{address}.
@@ -161,6 +148,12 @@ func (a *API) deleteSuppression(w http.ResponseWriter, r *http.Request, _ *APIKe
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
 	e, err := a.cfg.Suppression.Delete(ctx, addr)
+	a.writeEntry(w, e, err)
+}
+
+// writeEntry answers one suppression entry, the 404 of an address that is
+// not suppressed, or the 503 of a Redis error.
+func (a *API) writeEntry(w http.ResponseWriter, e *suppression.Entry, err error) {
 	switch {
 	case errors.Is(err, suppression.ErrNotFound):
 		WriteError(w, http.StatusNotFound, "not_found", "address", "this address is not suppressed")
