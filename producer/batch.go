@@ -233,6 +233,9 @@ func batchDecodeError(body []byte, err error) *FieldError {
 	case errors.As(err, &syn):
 		field, _ := firstToken(syn.JSONPointer)
 		if syn.Err == jsontext.ErrDuplicateName {
+			if field == "" {
+				field = `""`
+			}
 			return &FieldError{Field: field, Code: "duplicate_field", Message: "a member is given twice (names match case-insensitively)"}
 		}
 		if field == "" {
@@ -243,9 +246,16 @@ func batchDecodeError(body []byte, err error) *FieldError {
 		return &FieldError{Code: "invalid_json", Message: "body must be a JSON object"}
 	case errors.As(err, &sem) && sem.Err == jsonv2.ErrUnknownName:
 		name := sem.JSONPointer.LastToken()
-		return &FieldError{Field: name, Code: "unknown_field", Message: fmt.Sprintf("unknown field %q (a batch has Defaults, Messages and Validation)", name)}
+		field := name
+		if field == "" {
+			field = `""` // a member with an empty name
+		}
+		return &FieldError{Field: field, Code: "unknown_field", Message: fmt.Sprintf("unknown field %q (a batch has Defaults, Messages and Validation)", name)}
 	case errors.As(err, &sem):
 		field, _ := firstToken(sem.JSONPointer)
+		if field == "" {
+			field = `""`
+		}
 		switch {
 		case strings.EqualFold(field, "Messages"):
 			return fieldErr("Messages", "must be an array of objects")
