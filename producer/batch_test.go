@@ -2,12 +2,14 @@ package producer_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sendq/sendq/internal/apitest"
 	"github.com/sendq/sendq/producer"
@@ -286,3 +288,84 @@ func (b *apiBundle) queued(t *testing.T) int {
 }
 
 func (r response) raw2() string { return string(r.raw) }
+
+func TestBatchRedisDownIs503(t *testing.T) {
+	t.Parallel()
+	v := apitest.NewValidator(t)
+	b := setupAPI(t, func(c *producer.Config) { c.RedisTimeout = time.Second })
+	b.redis.Stop()
+	r := b.doChecked(t, v, "POST", "/v1/emails/batch", `{"Messages": [{"From": "a@example.com", "To": "b@example.com"}]}`, map[string]string{"Idempotency-Key": "k1"})
+	if code, _ := errField(r); r.code != 503 || code != "queue_unavailable" {
+		t.Errorf("POST batch with Redis down = %d %s; want 503 queue_unavailable", r.code, r.raw)
+	}
+}
+
+// A batch answered 503 because Redis froze mid-request (it runs what it
+// was sent when it wakes) and retried with its Idempotency-Key ends with
+// every message queued exactly once.
+func TestBatchRetriedAfter503QueuesEachOnce(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, func(c *producer.Config) { c.RedisTimeout = 300 * time.Millisecond })
+	var msgs []string
+	for i := range 20 {
+		msgs = append(msgs, fmt.Sprintf(`{"To": "r%d@example.com"}`, i))
+	}
+	body := `{"Defaults": {"From": "a@example.com"}, "Messages": [` + strings.Join(msgs, ",") + `]}`
+	h := map[string]string{"Idempotency-Key": "retry-me"}
+	resume := b.redis.Pause(t)
+	r := b.do(t, "POST", "/v1/emails/batch", body, h)
+	resume()
+	if r.code != 503 {
+		t.Fatalf("POST with Redis frozen = %d %s; want 503", r.code, r.raw)
+	}
+	time.Sleep(100 * time.Millisecond) // what Redis got, it has run
+	r = b.do(t, "POST", "/v1/emails/batch", body, h)
+	if r.code != 202 || r.body["accepted"] != 20.0 {
+		t.Fatalf("retry = %d %s; want 202 with 20 accepted", r.code, r.raw)
+	}
+	if n := b.queued(t); n != 20 {
+		t.Errorf("%d tasks queued after the retry; want 20", n)
+	}
+	again := b.do(t, "POST", "/v1/emails/batch", body, h)
+	if !bytes.Equal(again.raw, r.raw) || b.queued(t) != 20 {
+		t.Errorf("replay = %s; want the retry's answer, still 20 tasks", again.raw)
+	}
+}
+
+// A batch whose first attempt queued only some of its emails and lost its
+// answer (a 503 or a timeout in the middle of the enqueues: simulated by
+// a first attempt with the first 5 messages whose stored answer is then
+// removed) and is retried whole with its Idempotency-Key ends with every
+// message queued exactly once, the first 5 under the ids they had.
+func TestBatchPartlyQueuedRetryQueuesEachOnce(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, nil)
+	var msgs []string
+	for i := range 20 {
+		msgs = append(msgs, fmt.Sprintf(`{"To": "r%d@example.com"}`, i))
+	}
+	batch := func(m []string) string {
+		return `{"Defaults": {"From": "a@example.com"}, "Messages": [` + strings.Join(m, ",") + `]}`
+	}
+	h := map[string]string{"Idempotency-Key": "partial"}
+	first := b.do(t, "POST", "/v1/emails/batch", batch(msgs[:5]), h)
+	if first.code != 202 {
+		t.Fatalf("first = %d %s", first.code, first.raw)
+	}
+	rdb := b.redis.Client(t)
+	if err := rdb.HDel(context.Background(), "sendq:batch:{"+first.body["batch_id"].(string)+"}:meta", "answer").Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := b.do(t, "POST", "/v1/emails/batch", batch(msgs), h)
+	if r.code != 202 || r.body["accepted"] != 20.0 || r.body["batch_id"] != first.body["batch_id"] {
+		t.Fatalf("retry = %d %s; want 202, 20 accepted, the same batch id", r.code, r.raw)
+	}
+	for i, m := range results(t, first) {
+		if results(t, r)[i]["id"] != m["id"] {
+			t.Errorf("message %d: id %v on retry; want %v", i, results(t, r)[i]["id"], m["id"])
+		}
+	}
+	if n := b.queued(t); n != 20 {
+		t.Errorf("%d tasks queued; want 20", n)
+	}
+}
