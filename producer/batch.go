@@ -31,7 +31,7 @@ const (
 // batchWorkers is how many emails of a batch are enqueued (or looked up,
 // or canceled) at once: their Redis commands share pipelines (the
 // client's AutoPipeliner) instead of waiting one round trip each.
-const batchWorkers = 32
+const batchWorkers = 128
 
 // batchRequest is the body of POST /v1/emails/batch. Defaults and each
 // message are kept raw and decoded one by one as a request, so that every
