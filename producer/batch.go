@@ -19,6 +19,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
 )
 
@@ -546,7 +547,7 @@ func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer,
 	close(work)
 	wg.Wait()
 	a.m.EmailsAccepted.Add(float64(queued))
-	a.m.RecipientsSuppressed.WithLabelValues("intake").Add(float64(supp))
+	a.m.RecipientsSuppressed.WithLabelValues(metrics.StageIntake).Add(float64(supp))
 	return firstErr
 }
 
