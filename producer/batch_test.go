@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"strings"
 	"testing"
@@ -367,5 +368,52 @@ func TestBatchPartlyQueuedRetryQueuesEachOnce(t *testing.T) {
 	}
 	if n := b.queued(t); n != 20 {
 		t.Errorf("%d tasks queued; want 20", n)
+	}
+}
+
+// 300 mutated batch bodies over HTTP: no 5xx, and every error names its
+// field (the body's, or a message's) or is invalid_json.
+func TestBatchMutatedBodies(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, nil)
+	rng := rand.New(rand.NewPCG(12, 300))
+	bytesOf := []byte(partialBatch)
+	const insert = `"Messages":[{"To":null}]`
+	seen := map[int]int{}
+	defer func() {
+		t.Logf("answers: %v", seen)
+		if seen[202] == 0 || seen[400] == 0 {
+			t.Errorf("answers %v; want both 202 (some messages valid) and 400", seen)
+		}
+	}()
+	for n := range 300 {
+		m := bytes.Clone(bytesOf)
+		for range 1 + rng.IntN(4) {
+			i := rng.IntN(len(m))
+			switch rng.IntN(3) {
+			case 0:
+				const junk = "{}[]\",:\\ \x00\xffa0"
+				m[i] = junk[rng.IntN(len(junk))]
+			case 1:
+				m = append(m[:i], m[i+1:]...)
+			default:
+				m = append(m[:i], append([]byte(insert[:1+rng.IntN(len(insert))]), m[i:]...)...)
+			}
+		}
+		r := b.do(t, "POST", "/v1/emails/batch", string(m), nil)
+		seen[r.code]++
+		if r.code >= 500 {
+			t.Fatalf("mutation %d: %d %s for %q", n, r.code, r.raw, m)
+		}
+		if r.code == 400 {
+			if code, field := errField(r); r.body["error"] != nil && field == "" && code != "invalid_json" {
+				t.Errorf("mutation %d: %s names no field, for %q", n, r.raw, m)
+			}
+			for _, res := range results(t, r) {
+				if res["error"] != nil && resultField(res) == "" {
+					t.Errorf("mutation %d: result %v names no field", n, res)
+				}
+			}
+		}
 	}
 }
