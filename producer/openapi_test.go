@@ -40,6 +40,7 @@ func TestOpenAPIDocumentLoads(t *testing.T) {
 	for _, op := range []struct{ method, path string }{
 		{"POST", "/v1/emails"}, {"GET", "/v1/emails"}, {"GET", "/v1/emails/{id}"},
 		{"DELETE", "/v1/emails/{id}"}, {"POST", "/v1/emails/{id}/retry"},
+		{"POST", "/v1/emails/batch"}, {"GET", "/v1/batches/{id}"}, {"DELETE", "/v1/batches/{id}"},
 		{"GET", "/healthz"}, {"GET", "/readyz"}, {"GET", "/metrics"}, {"GET", "/openapi.yaml"},
 	} {
 		item := doc.Paths.Find(op.path)

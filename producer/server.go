@@ -49,6 +49,12 @@ type Config struct {
 	Limits Limits
 	// MaxBodyBytes is the largest request body. If zero, 25 MiB.
 	MaxBodyBytes int64
+	// MaxBatch (SENDQ_MAX_BATCH) is the most messages of one
+	// POST /v1/emails/batch. If zero, 1,000 (DefaultMaxBatch).
+	MaxBatch int
+	// MaxBatchBytes (SENDQ_MAX_BATCH_BYTES) is the largest batch body; each
+	// message is also held to MaxBodyBytes. If zero, 50 MiB.
+	MaxBatchBytes int64
 	// MaxAttempts is how many delivery attempts an email gets. If zero, 20.
 	MaxAttempts int
 	// Retention is how long a sent email stays visible. If zero, 24h.
@@ -119,6 +125,12 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 25 << 20
 	}
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = DefaultMaxBatch
+	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 20
 	}
@@ -163,6 +175,9 @@ func (a *API) Register(mux *http.ServeMux) {
 	a.registerConnector(mux)
 	mux.Handle("POST /v1/emails", a.authorized(a.send))
 	mux.Handle("GET /v1/emails", a.authorized(a.list))
+	mux.Handle("POST /v1/emails/batch", a.authorized(a.sendBatch))
+	mux.Handle("GET /v1/batches/{id}", a.authorized(a.batchStatus))
+	mux.Handle("DELETE /v1/batches/{id}", a.authorized(a.cancelBatch))
 	mux.Handle("GET /v1/emails/{id}", a.authorized(a.status))
 	mux.Handle("POST /v1/emails/{id}/retry", a.authorized(a.retry))
 	mux.Handle("DELETE /v1/emails/{id}", a.authorized(a.cancel))

@@ -34,6 +34,8 @@ type Config struct {
 	AllowedFrom     string
 	DefaultFrom     string
 	MaxMessageBytes int64
+	MaxBatch        int
+	MaxBatchBytes   int64
 	MaxRecipients   int
 	MaxAttachments  int
 	PoolSize        int
@@ -162,6 +164,17 @@ var settings = []Setting{
 				return fmt.Errorf("SENDQ_MAX_MESSAGE_BYTES=%q must be a whole number of at least 1024", v)
 			}
 			c.MaxMessageBytes = n
+			return nil
+		}},
+	{Env: "SENDQ_MAX_BATCH", Flag: "max-batch", Def: "1000", Help: "most messages in one POST /v1/emails/batch",
+		set: integer("SENDQ_MAX_BATCH", func(c *Config) *int { return &c.MaxBatch }, 1)},
+	{Env: "SENDQ_MAX_BATCH_BYTES", Flag: "max-batch-bytes", Def: "52428800", Help: "largest POST /v1/emails/batch body; each message is also held to SENDQ_MAX_MESSAGE_BYTES",
+		set: func(c *Config, v string) error {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil || n < 1024 {
+				return fmt.Errorf("SENDQ_MAX_BATCH_BYTES=%q must be a whole number of at least 1024", v)
+			}
+			c.MaxBatchBytes = n
 			return nil
 		}},
 	{Env: "SENDQ_MAX_RECIPIENTS", Flag: "max-recipients", Def: "100", Help: "most recipients across To, CC and Bcc",

@@ -23,6 +23,9 @@ func TestDefaults(t *testing.T) {
 	if c.CircuitFailures != 3 || c.CircuitCooldown != 30*time.Second || c.SMTPRoutes != "" {
 		t.Errorf("circuit defaults = %d failures, %s cool-down, routes %q; want 3, 30s, none", c.CircuitFailures, c.CircuitCooldown, c.SMTPRoutes)
 	}
+	if c.MaxBatch != 1000 || c.MaxBatchBytes != 50<<20 {
+		t.Errorf("batch limits = %d messages, %d bytes; want 1000, 50 MiB", c.MaxBatch, c.MaxBatchBytes)
+	}
 	if c.RedisURL != "" || c.SMTPURL != "" || !c.RatePerKey.IsZero() {
 		t.Errorf("REDIS_URL, SENDQ_SMTP_URL and rates must default to unset: %+v", c)
 	}
