@@ -269,7 +269,7 @@ func (c *Client) try(ctx context.Context, method, path string, body []byte, idem
 		}
 		return -1, nil
 	}
-	ae := &APIError{Status: resp.StatusCode}
+	ae := &APIError{Status: resp.StatusCode, raw: raw}
 	var eb struct {
 		Error struct{ Code, Message, Field string } `json:"error"`
 	}

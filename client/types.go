@@ -30,6 +30,9 @@ type Email struct {
 	Attachments     []Attachment `json:"Attachments,omitempty"`
 	// SendAt holds the email until then (a sendq extension); zero: now.
 	SendAt time.Time `json:"SendAt,omitzero"`
+	// Priority is "high", "normal" or "bulk" (a sendq extension); empty:
+	// normal for Send, bulk for a batch's messages.
+	Priority string `json:"Priority,omitempty"`
 }
 
 // Attachment is a file sent with an email, as the connector's attachments
@@ -130,6 +133,8 @@ type APIError struct {
 	Field string
 	// Message says what went wrong, for people.
 	Message string
+
+	raw []byte // the answer's body, for SendBatch
 }
 
 func (e *APIError) Error() string {
