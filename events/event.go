@@ -44,7 +44,7 @@ type Event struct {
 // Data is the event's subject and what happened to it.
 type Data struct {
 	EmailID string `json:"email_id"`
-	// BatchID is the batch the email came in (empty until batches exist).
+	// BatchID is the batch the email came in; empty for a single send.
 	BatchID   string `json:"batch_id,omitempty"`
 	Recipient string `json:"recipient"`
 	// Status is the recipient's status after the change: sent, deferred,
@@ -72,7 +72,7 @@ func New(typ string, at time.Time, d Data) *Event {
 // About returns the Data of an event about recipient of e: the email's
 // id, batch and metadata, and the recipient's status and last reply.
 func About(e *queue.Email, recipient, status string, attempt int, r queue.Reply) Data {
-	return Data{EmailID: e.ID, Recipient: recipient, Status: status, Attempt: attempt,
+	return Data{EmailID: e.ID, BatchID: e.BatchID, Recipient: recipient, Status: status, Attempt: attempt,
 		Code: r.Code, EnhancedCode: r.EnhancedCode, Message: r.Message, Metadata: e.Metadata}
 }
 
