@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -20,22 +19,7 @@ import (
 // doBatch is b.do, each request and answer validated against openapi.yaml.
 func (b *apiBundle) doChecked(t *testing.T, v *apitest.Validator, method, path, body string, header map[string]string) response {
 	t.Helper()
-	req, err := http.NewRequest(method, b.srv.URL+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, val := range header {
-		req.Header.Set(k, val)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
+	req, resp, raw := b.exchange(t, method, path, body, header)
 	check, _ := http.NewRequest(method, b.srv.URL+path, strings.NewReader(body))
 	check.Header = req.Header.Clone()
 	v.Check(t, check, []byte(body), resp, raw)

@@ -77,7 +77,9 @@ type response struct {
 	raw    []byte
 }
 
-func (b *apiBundle) do(t *testing.T, method, path, body string, header map[string]string) response {
+// exchange makes one request to the API (a JSON body when body is set,
+// the given headers) and returns it with its answer and the answer's body.
+func (b *apiBundle) exchange(t *testing.T, method, path, body string, header map[string]string) (*http.Request, *http.Response, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, b.srv.URL+path, strings.NewReader(body))
 	if err != nil {
@@ -95,6 +97,12 @@ func (b *apiBundle) do(t *testing.T, method, path, body string, header map[strin
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
+	return req, resp, raw
+}
+
+func (b *apiBundle) do(t *testing.T, method, path, body string, header map[string]string) response {
+	t.Helper()
+	_, resp, raw := b.exchange(t, method, path, body, header)
 	r := response{code: resp.StatusCode, header: resp.Header, raw: raw}
 	if err := json.Unmarshal(raw, &r.body); err != nil {
 		t.Fatalf("%s %s: response is not JSON: %q", method, path, raw)

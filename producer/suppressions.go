@@ -69,17 +69,7 @@ func (a *API) suppressionAddress(w http.ResponseWriter, r *http.Request) (string
 }
 
 func (a *API) getSuppression(w http.ResponseWriter, r *http.Request, _ *APIKey) {
-	if a.suppressionsOff(w) {
-		return
-	}
-	addr, ok := a.suppressionAddress(w, r)
-	if !ok {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
-	defer cancel()
-	e, err := a.cfg.Suppression.Get(ctx, addr)
-	a.writeEntry(w, e, err)
+	a.onEntry(w, r, a.cfg.Suppression.Get)
 }
 
 // putRequest is the optional body of PUT /v1/suppressions/{address}.
@@ -138,6 +128,12 @@ func (a *API) putSuppression(w http.ResponseWriter, r *http.Request, _ *APIKey) 
 }
 
 func (a *API) deleteSuppression(w http.ResponseWriter, r *http.Request, _ *APIKey) {
+	a.onEntry(w, r, a.cfg.Suppression.Delete)
+}
+
+// onEntry runs op on the path's address (GET and DELETE of one entry) and
+// answers the entry it returns.
+func (a *API) onEntry(w http.ResponseWriter, r *http.Request, op func(context.Context, string) (*suppression.Entry, error)) {
 	if a.suppressionsOff(w) {
 		return
 	}
@@ -147,7 +143,7 @@ func (a *API) deleteSuppression(w http.ResponseWriter, r *http.Request, _ *APIKe
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
 	defer cancel()
-	e, err := a.cfg.Suppression.Delete(ctx, addr)
+	e, err := op(ctx, addr)
 	a.writeEntry(w, e, err)
 }
 

@@ -274,22 +274,7 @@ func TestOpenAPIDocumentsTheEdgeAnswers(t *testing.T) {
 	})
 	exchange := func(method, path, body string, header map[string]string, want int) {
 		t.Helper()
-		req, err := http.NewRequest(method, b.srv.URL+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		for k, val := range header {
-			req.Header.Set(k, val)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		respBody, _ := io.ReadAll(resp.Body)
+		req, resp, respBody := b.exchange(t, method, path, body, header)
 		if resp.StatusCode != want {
 			t.Fatalf("%s %s = %d %s; want %d", method, path, resp.StatusCode, respBody, want)
 		}
