@@ -296,7 +296,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
 				MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 			MaxBodyBytes: cfg.MaxMessageBytes, MaxBatch: cfg.MaxBatch, MaxBatchBytes: cfg.MaxBatchBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
-			RatePerKey: cfg.RatePerKey, Events: evlog, Topology: topo,
+			RatePerKey: cfg.RatePerKey, Events: evlog, Topology: topo, Scripts: enq,
 			Logger: log, Metrics: m,
 			Suppression: newList(rdb), Signer: signer, PublicURL: cfg.PublicURL, Notifier: notifier,
 		})

@@ -77,7 +77,7 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 		Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
 			MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 		MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
-		Logger: log, Metrics: p.m,
+		Scripts: enq, Logger: log, Metrics: p.m,
 	})
 	if err != nil {
 		p.closeRedis()
