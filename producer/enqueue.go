@@ -54,9 +54,9 @@ func processAt(t time.Time) time.Time {
 func claimKey(id string) string { return "sendq:idem:{" + id + "}" }
 
 // claimScript is SET key queue NX GET PX ttl as a script: the claim then
-// runs through Config.Scripts, whose EvalSha shares the automatic
-// pipeliner with asynq's enqueue script, instead of costing each keyed
-// send a round trip of its own on the plain client (README: Performance).
+// runs through Config.Scripts, whose EvalSha concurrent claims share
+// pipelines on, instead of costing each keyed send a round trip of its own
+// on the plain client (README: Performance, BenchmarkKeyedSendRedis).
 // It returns the queue claimed before, or nil if the key was free.
 var claimScript = redis.NewScript(`
 local prev = redis.call('GET', KEYS[1])

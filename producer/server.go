@@ -81,10 +81,11 @@ type Config struct {
 	// nil is one queue per priority.
 	Topology *queue.Topology
 	// Scripts is the client the intake's own Lua scripts run on (the
-	// Idempotency-Key claim). `sendq serve` passes the one
-	// queue.ScriptsPipelined returned, so that concurrent claims share
-	// pipelines as the enqueues do, each within its request's deadline.
-	// If nil, the rdb given to New.
+	// Idempotency-Key claim). `sendq serve` passes one that
+	// queue.ScriptsPipelined returned on an automatic pipeliner of the
+	// claims' own, so that concurrent claims share pipelines, each within
+	// its request's deadline, without taking turns with the enqueues on
+	// theirs. If nil, the rdb given to New.
 	Scripts redis.UniversalClient
 	// Logger; if nil, slog.Default().
 	Logger *slog.Logger
