@@ -4,6 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
 )
 
@@ -93,5 +96,71 @@ func TestSendAtNeverEarly(t *testing.T) {
 	}
 	if want := at.Truncate(time.Second).Add(time.Second); !info.NextProcessAt.Equal(want) {
 		t.Errorf("asynq holds it until %s; want %s (SendAt %s rounded up)", info.NextProcessAt, want, at)
+	}
+}
+
+// The claim runs through Config.Scripts; `sendq serve` passes the client
+// whose scripts share the automatic pipeliner. Through it, a key still
+// names one email across priorities, under concurrency, and from a batch
+// item to a single send, and a dead Redis is still a quick 503.
+func TestIdempotencyKeyThroughPipelinedScripts(t *testing.T) {
+	t.Parallel()
+	b := setupAPIRedis(t, func(rdb redis.UniversalClient, c *producer.Config) {
+		ap, err := queue.NewPipeliner(rdb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ap.Close() })
+		c.Scripts = queue.ScriptsPipelined(rdb, ap)
+	})
+	h := map[string]string{"Idempotency-Key": "order-1"}
+	body := `{"From":"s@example.com","To":"a@example.com","Priority":"bulk"}`
+	const n = 20
+	ids := make(chan string, n)
+	for range n {
+		go func() {
+			r := b.do(t, "POST", "/v1/emails", body, h)
+			if r.code != 202 {
+				t.Errorf("POST = %d %s; want 202", r.code, r.raw)
+			}
+			id, _ := r.body["id"].(string)
+			ids <- id
+		}()
+	}
+	first := <-ids
+	for range n - 1 {
+		if id := <-ids; id != first {
+			t.Errorf("ids differ: %s vs %s", id, first)
+		}
+	}
+	if other := b.do(t, "POST", "/v1/emails", `{"From":"s@example.com","To":"a@example.com","Priority":"high"}`, h); other.code != 409 {
+		t.Errorf("same key, other priority and body: %d %s; want 409", other.code, other.raw)
+	}
+	// A batch item's key (bulk) and a single send's (normal) name one email.
+	bt := b.do(t, "POST", "/v1/emails/batch", `{"Messages":[{"From":"s@example.com","To":"b@example.com","IdempotencyKey":"order-2"}]}`, nil)
+	if bt.code != 202 {
+		t.Fatalf("batch: %d %s", bt.code, bt.raw)
+	}
+	item := bt.body["results"].([]any)[0].(map[string]any)["id"]
+	single := b.do(t, "POST", "/v1/emails", `{"From":"s@example.com","To":"b@example.com"}`, map[string]string{"Idempotency-Key": "order-2"})
+	if single.code != 202 || single.body["id"] != item {
+		t.Errorf("single send after the batch item: %d %s; want 202 with id %v", single.code, single.raw, item)
+	}
+	qi, err := queue.QueueInfo(b.insp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qi.Pending != 2 {
+		t.Errorf("%d emails queued across the queues; want 2", qi.Pending)
+	}
+
+	b.redis.Stop()
+	start := time.Now()
+	r := b.do(t, "POST", "/v1/emails", body, map[string]string{"Idempotency-Key": "order-3"})
+	if code, _ := errField(r); r.code != 503 || code != "queue_unavailable" {
+		t.Errorf("keyed POST with Redis down = %d %s; want 503 queue_unavailable", r.code, r.raw)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("503 took %s; want a few seconds at most", took)
 	}
 }

@@ -80,6 +80,13 @@ type Config struct {
 	// Topology names the queues of each priority (SENDQ_QUEUE_SHARDS);
 	// nil is one queue per priority.
 	Topology *queue.Topology
+	// Scripts is the client the intake's own Lua scripts run on (the
+	// Idempotency-Key claim). `sendq serve` passes one that
+	// queue.ScriptsPipelined returned on an automatic pipeliner of the
+	// claims' own, so that concurrent claims share pipelines, each within
+	// its request's deadline, without taking turns with the enqueues on
+	// theirs. If nil, the rdb given to New.
+	Scripts redis.UniversalClient
 	// Logger; if nil, slog.Default().
 	Logger *slog.Logger
 	// Metrics; required.
@@ -151,6 +158,9 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	}
 	if cfg.Topology == nil {
 		cfg.Topology = queue.DefaultTopology
+	}
+	if cfg.Scripts == nil {
+		cfg.Scripts = rdb
 	}
 	var keys []APIKey
 	if len(cfg.Keys) > 0 {

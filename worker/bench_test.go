@@ -70,6 +70,8 @@ func BenchmarkRenderMessage(b *testing.B) {
 	}{
 		{"stable-boundaries", nil, nil},
 		{"text-part", []worker.MessageOption{worker.WithTextPart()}, nil},
+		// The worker's way: the emails of a batch share their HTML.
+		{"text-part-kept", []worker.MessageOption{worker.WithTextParts(&worker.TextParts{})}, nil},
 		{"text-part+dkim-rsa2048", []worker.MessageOption{worker.WithTextPart()}, rsaKey},
 		{"text-part+dkim-ed25519", []worker.MessageOption{worker.WithTextPart()}, edKey},
 	} {

@@ -117,7 +117,7 @@ func (w *Worker) message(e *queue.Email, prior string) (*outgoing, error) {
 		return nil, fmt.Errorf("build message: %w", err)
 	}
 	if !w.cfg.NoTextPart {
-		opts = append(opts, WithTextPart())
+		opts = append(opts, WithTextParts(&w.texts))
 	}
 	raw, err := RenderMessage(e, opts...)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -159,5 +160,36 @@ func TestTextPart(t *testing.T) {
 				t.Errorf("%s: text part holds %q:\n%s", tc.name, not, got)
 			}
 		}
+	}
+}
+
+// TestTextPartsKept: a message rendered with the text parts kept
+// (WithTextParts, as the worker renders) is the same bytes as one whose
+// text part is derived afresh, for a body seen before, a new one, one
+// without text and one over the size kept; and the kept parts stay
+// within their bound however many bodies go by.
+func TestTextPartsKept(t *testing.T) {
+	t.Parallel()
+	var kept worker.TextParts
+	bodies := []string{
+		`<p>Hi <b>Ana</b>, <a href="https://shop.example/t?id=1">track</a></p>`,
+		`<img src="https://x.example/a.png">`,
+		"<p>" + strings.Repeat("big body ", 5000) + "</p>",
+	}
+	for i := range 300 {
+		bodies = append(bodies, fmt.Sprintf("<p>order %d shipped</p>", i))
+	}
+	for round := range 2 {
+		for i, body := range bodies {
+			e := seedEmail()
+			e.Body, e.Attachments = body, nil
+			fresh := render(t, e, worker.WithTextPart())
+			if got := render(t, e, worker.WithTextParts(&kept)); !bytes.Equal(got, fresh) {
+				t.Fatalf("round %d body %d: kept text part renders\n%s\nwant\n%s", round, i, got, fresh)
+			}
+		}
+	}
+	if n := kept.Len(); n == 0 || n > 128 {
+		t.Errorf("%d bodies kept after %d; want 1 to 128", n, len(bodies))
 	}
 }

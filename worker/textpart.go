@@ -2,6 +2,7 @@ package worker
 
 import (
 	"strings"
+	"sync"
 
 	"github.com/inbucket/html2text"
 	gomail "github.com/wneessen/go-mail"
@@ -14,6 +15,7 @@ type MessageOption func(*messageOptions)
 
 type messageOptions struct {
 	text    bool
+	texts   *TextParts // with text: where derived parts are kept, if set
 	headers []preformatted
 }
 
@@ -38,16 +40,87 @@ func withHeader(name gomail.Header, value string) MessageOption {
 // HTML yields no text (an image alone) stays HTML-only.
 func WithTextPart() MessageOption { return func(o *messageOptions) { o.text = true } }
 
+// WithTextParts is WithTextPart with the derived parts kept in c: the
+// emails of a batch usually share their HTML (the body in its Defaults), and
+// deriving the text costs more than the rest of the message together
+// (BenchmarkRenderMessage).
+func WithTextParts(c *TextParts) MessageOption {
+	return func(o *messageOptions) { o.text, o.texts = true, c }
+}
+
 // textPart returns the text alternative of e's body, if e gets one.
 func (o messageOptions) textPart(e *queue.Email) (string, bool) {
 	if !o.text || !e.IsHTML {
 		return "", false
 	}
-	text, err := html2text.FromString(e.Body, html2text.Options{})
+	if o.texts == nil {
+		return deriveText(e.Body)
+	}
+	return o.texts.get(e.Body)
+}
+
+// deriveText is the text alternative of an HTML body; false if it has no
+// text.
+func deriveText(body string) (string, bool) {
+	text, err := html2text.FromString(body, html2text.Options{})
 	if err != nil || strings.TrimSpace(text) == "" {
 		// The HTML parser accepts any input; an error would be a bug in
 		// the converter, not a reason to fail the email.
 		return "", false
 	}
 	return text + "\n", true
+}
+
+// Bounds of a TextParts.
+const (
+	textPartsMax     = 128      // bodies kept
+	textPartsMaxBody = 32 << 10 // a larger body is derived each time
+)
+
+// TextParts keeps the text alternatives derived from the last HTML bodies
+// seen, at most 128 of them, each of a body up to 32 KiB (a few MiB at
+// worst). It is safe for concurrent use; the zero value is ready.
+type TextParts struct {
+	mu sync.Mutex
+	m  map[string]textPart
+}
+
+type textPart struct {
+	text string
+	ok   bool
+}
+
+func (c *TextParts) get(body string) (string, bool) {
+	if len(body) > textPartsMaxBody {
+		return deriveText(body)
+	}
+	c.mu.Lock()
+	p, hit := c.m[body]
+	c.mu.Unlock()
+	if hit {
+		return p.text, p.ok
+	}
+	// Derived outside the lock: two workers on the same new body may
+	// both derive it, and keep the same result.
+	p.text, p.ok = deriveText(body)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = make(map[string]textPart, textPartsMax)
+	}
+	if len(c.m) >= textPartsMax {
+		for k := range c.m { // any one: the map's order is random enough
+			delete(c.m, k)
+			break
+		}
+	}
+	c.m[body] = p
+	return p.text, p.ok
+}
+
+// Len is how many bodies c keeps.
+func (c *TextParts) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
 }

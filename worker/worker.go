@@ -242,6 +242,8 @@ type Worker struct {
 	// general holds a token per transaction a normal or bulk email has
 	// under way, so that ReservedConns stay free for high ones.
 	general chan struct{}
+	// texts keeps the text parts derived from the last HTML bodies.
+	texts TextParts
 }
 
 const maxCooldown = 30 * time.Second

@@ -20,7 +20,8 @@ import (
 // With SENDQ_QUEUE_SHARDS=6 on a real three-master Redis Cluster, the
 // tasks of 3,000 emails sent singly spread over every master (each holds
 // at least 15% of them while they are queued), and the path still works:
-// 202s, idempotency, status, delivery of every email once.
+// 202s, idempotency, status, delivery of every email once, and batches:
+// delivered once per email, a scheduled one canceled whole.
 func TestQueueShardsSpreadOverTheCluster(t *testing.T) {
 	cl := redistest.StartCluster(t, 3)
 	sink := smtptest.Start(t)
@@ -102,6 +103,100 @@ func TestQueueShardsSpreadOverTheCluster(t *testing.T) {
 	if !containsLine(string(m.Body), fmt.Sprintf(`sendq_queue_tasks{queue="emails",state="completed"} %d`, n+1)) {
 		t.Errorf("the queue metric does not sum the shards to %d completed", n+1)
 	}
+
+	shardedBatches(t, base, sink, n+1)
 	w.Stop(t, 30*time.Second)
 	api.Stop(t, 30*time.Second)
+}
+
+// shardedBatches is the batch part of the sharded path, through the HTTP
+// contract only: a batch is delivered once per email (its replay with the
+// same Idempotency-Key queues nothing), and a scheduled batch is canceled
+// whole, none of it sent. The sink already holds before messages.
+func shardedBatches(t *testing.T, base string, sink *smtptest.Server, before int) {
+	t.Helper()
+	const nb = 200
+	batch := func(sendAt string) []byte {
+		msgs := make([]map[string]any, nb)
+		for i := range msgs {
+			msgs[i] = map[string]any{"To": fmt.Sprintf("shard-%d@contoso.example", i), "Body": fmt.Sprintf("<p>%d</p>", i)}
+		}
+		def := map[string]any{"From": "Shards <shards@contoso.example>", "Subject": "sharded batch"}
+		if sendAt != "" {
+			def["SendAt"] = sendAt
+		}
+		b, _ := json.Marshal(map[string]any{"Defaults": def, "Messages": msgs})
+		return b
+	}
+	type answer struct {
+		BatchID  string `json:"batch_id"`
+		Accepted int
+		Results  []struct{ ID string }
+	}
+	post := func(body []byte, key string) answer {
+		t.Helper()
+		r := call(t, "POST", base+"/v1/emails/batch", body, map[string]string{"Idempotency-Key": key})
+		var a answer
+		if err := json.Unmarshal(r.Body, &a); err != nil || r.Resp.StatusCode != 202 || a.Accepted != nb {
+			t.Fatalf("POST /v1/emails/batch: %d %.300s", r.Resp.StatusCode, r.Body)
+		}
+		return a
+	}
+	counts := func(id string) map[string]int {
+		t.Helper()
+		r := call(t, "GET", base+"/v1/batches/"+id, nil, nil)
+		var st struct {
+			Total  int
+			Counts map[string]int
+		}
+		if err := json.Unmarshal(r.Body, &st); err != nil || r.Resp.StatusCode != 200 || st.Total != nb {
+			t.Fatalf("GET /v1/batches/%s: %d %.300s", id, r.Resp.StatusCode, r.Body)
+		}
+		return st.Counts
+	}
+
+	body := batch("")
+	a := post(body, "shards-batch-1")
+	if again := post(body, "shards-batch-1"); again.BatchID != a.BatchID || again.Results[0].ID != a.Results[0].ID {
+		t.Fatalf("batch replay: batch %s, first id %s; want %s, %s", again.BatchID, again.Results[0].ID, a.BatchID, a.Results[0].ID)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for counts(a.BatchID)["sent"] < nb && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if c := counts(a.BatchID); c["sent"] != nb {
+		t.Fatalf("batch %s after a minute: %v; want %d sent", a.BatchID, c, nb)
+	}
+	got := map[string]int{}
+	for _, m := range sink.Messages() {
+		for _, rcpt := range m.To {
+			got[rcpt]++
+		}
+	}
+	for i := range nb {
+		if k := got[fmt.Sprintf("shard-%d@contoso.example", i)]; k != 1 {
+			t.Errorf("batch recipient %d got %d copies; want 1", i, k)
+		}
+	}
+
+	later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	s := post(batch(later), "shards-batch-2")
+	if c := counts(s.BatchID); c["scheduled"] != nb {
+		t.Fatalf("scheduled batch: %v; want %d scheduled", c, nb)
+	}
+	r := call(t, "DELETE", base+"/v1/batches/"+s.BatchID, nil, nil)
+	var cn struct {
+		Canceled    int `json:"canceled"`
+		NotCanceled int `json:"not_canceled"`
+	}
+	if err := json.Unmarshal(r.Body, &cn); err != nil || r.Resp.StatusCode != 200 || cn.Canceled != nb || cn.NotCanceled != 0 {
+		t.Fatalf("DELETE /v1/batches/%s: %d %s; want %d canceled", s.BatchID, r.Resp.StatusCode, r.Body, nb)
+	}
+	if c := counts(s.BatchID); c["canceled"] != nb {
+		t.Errorf("canceled batch: %v; want %d canceled", c, nb)
+	}
+	if got := len(sink.Messages()); got != before+nb {
+		t.Errorf("SMTP server got %d messages; want %d (the canceled batch sends nothing)", got, before+nb)
+	}
+	t.Logf("sharded batches: %d delivered once each, %d scheduled and canceled", nb, nb)
 }

@@ -30,6 +30,7 @@ type sendqProc struct {
 	cfg    *config.Config
 	rdb    redis.UniversalClient
 	ap     *redis.AutoPipeliner   // the intake's, if on
+	claims *redis.AutoPipeliner   // the intake's for its claims, if on
 	aps    []*redis.AutoPipeliner // the workers'
 	enq    *asynq.Client
 	m      *metrics.Metrics
@@ -62,14 +63,20 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 		_ = rdb.Close()
 		return nil, err
 	}
-	// As `sendq serve` does: concurrent enqueues share pipelines.
-	var enq redis.UniversalClient = rdb
+	// As `sendq serve` does: concurrent enqueues share pipelines, and
+	// the Idempotency-Key claims share a pipeliner of their own.
+	var enq, scripts redis.UniversalClient = rdb, rdb
 	if cfg.AutoPipeline {
 		if p.ap, err = queue.NewPipeliner(rdb); err != nil {
 			_ = rdb.Close()
 			return nil, err
 		}
 		enq = queue.ScriptsPipelined(rdb, p.ap)
+		if p.claims, err = queue.NewPipeliner(rdb); err != nil {
+			p.closeRedis()
+			return nil, err
+		}
+		scripts = queue.ScriptsPipelined(rdb, p.claims)
 	}
 	p.enq = asynq.NewClientFromRedisClient(enq)
 	api, err := producer.New(rdb, p.enq, asynq.NewInspectorFromRedisClient(rdb), p.store, producer.Config{
@@ -77,7 +84,7 @@ func startSendqAPI(redisURL, apiKey string, log *slog.Logger) (*sendqProc, error
 		Limits: producer.Limits{MaxRecipients: cfg.MaxRecipients, DefaultFrom: cfg.DefaultFrom,
 			MaxAttachments: cfg.MaxAttachments, MaxSchedule: cfg.MaxSchedule, MaxAge: cfg.MaxAge},
 		MaxBodyBytes: cfg.MaxMessageBytes, MaxAttempts: cfg.MaxAttempts, Retention: cfg.Retention,
-		Logger: log, Metrics: p.m,
+		Scripts: scripts, Logger: log, Metrics: p.m,
 	})
 	if err != nil {
 		p.closeRedis()
@@ -156,6 +163,9 @@ func (p *sendqProc) closeRedis() {
 	}
 	if p.ap != nil {
 		_ = p.ap.Close()
+	}
+	if p.claims != nil {
+		_ = p.claims.Close()
 	}
 	for _, ap := range p.aps {
 		_ = ap.Close()

@@ -22,9 +22,10 @@
 // failed) and duplicates (copies of an email beyond the first). The 503s the
 // load generator got are counted apart: they were never accepted.
 //
-// The scenarios: a worker killed with SIGKILL mid-run; workers stopped with
-// SIGTERM under load; Redis killed and restarted with AOF appendfsync
-// always; Redis frozen with SIGSTOP for 10 s; Redis out of memory
+// The scenarios: a worker killed with SIGKILL mid-run, and in the middle
+// of a 2,000-email batch; workers stopped with SIGTERM under load; Redis
+// killed and restarted with AOF appendfsync always, under single sends and
+// under batches retried with their Idempotency-Key; Redis frozen with SIGSTOP for 10 s; Redis out of memory
 // (maxmemory, noeviction); SMTP faults (421 and close, 451 for a while, 550
 // for some recipients, a connection dropped after the final dot, the server
 // down for a while, the server restarted under an idle pool); and a negative
