@@ -33,6 +33,13 @@ type Email struct {
 	// Priority is "high", "normal" or "bulk" (a sendq extension); empty:
 	// normal for Send, bulk for a batch's messages.
 	Priority string `json:"Priority,omitempty"`
+	// Template names a stored template that gives the email its Subject
+	// and body, rendered by sendq with TemplateData; Subject, Body and
+	// IsHtml stay empty beside it. TemplateVersion pins one version;
+	// zero: the current one.
+	Template        string         `json:"Template,omitempty"`
+	TemplateVersion int            `json:"TemplateVersion,omitempty"`
+	TemplateData    map[string]any `json:"TemplateData,omitempty"`
 }
 
 // Attachment is a file sent with an email, as the connector's attachments
