@@ -67,6 +67,10 @@ type Config struct {
 	// RateLimitWait is the pause before a batch refused with 429 is tried
 	// again once the client's own retries are spent. If zero, 1 s.
 	RateLimitWait time.Duration
+	// RateLimitPatience is how long one batch is refused with 429 before
+	// the run stops. If zero, 2 minutes. (A batch larger than the API
+	// key's rate limit allows at once is never admitted.)
+	RateLimitPatience time.Duration
 }
 
 // Summary is what became of a file's rows.
@@ -126,6 +130,9 @@ func (c *Config) validate() error {
 	}
 	if c.RateLimitWait <= 0 {
 		c.RateLimitWait = time.Second
+	}
+	if c.RateLimitPatience <= 0 {
+		c.RateLimitPatience = 2 * time.Minute
 	}
 	return nil
 }
@@ -368,16 +375,24 @@ func (s *sender) read(ctx context.Context, window chan struct{}, todo chan<- *ba
 
 // send posts b, with its key, until sendq answers it: the client retries
 // a lost answer, 502, 503 and 504 itself; a 429 is retried here, after
-// the client's retries, for as long as ctx lasts (a rate limit passes).
-// It sets b's outcome.
+// the client's retries, for RateLimitPatience (a rate limit passes). It
+// sets b's outcome.
 func (s *sender) send(ctx context.Context, b *batch) {
 	if len(b.msgs) == 0 {
 		return
 	}
+	var limited time.Time // when the 429s began
 	for {
 		res, err := s.cfg.Client.SendBatch(ctx, client.Batch{Defaults: s.defaults, Messages: b.msgs}, client.IdempotencyKey(b.key))
 		var ae *client.APIError
 		if errors.As(err, &ae) && ae.Status == http.StatusTooManyRequests {
+			if limited.IsZero() {
+				limited = time.Now()
+			} else if time.Since(limited) > s.cfg.RateLimitPatience {
+				b.err = s.batchErr(b, fmt.Errorf("%w, for %s: a batch larger than the API key's rate limit allows at once is never admitted; try a smaller -batch",
+					err, s.cfg.RateLimitPatience))
+				return
+			}
 			t := time.NewTimer(s.cfg.RateLimitWait)
 			select {
 			case <-t.C:

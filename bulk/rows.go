@@ -189,12 +189,10 @@ func csvError(name string, err error) error {
 	if errors.Is(pe.Err, csv.ErrFieldCount) {
 		return &InputError{File: name, Line: pe.StartLine, Err: errors.New("wrong number of fields: not as many as the header has")}
 	}
-	msg := fmt.Errorf("column %d: %w", pe.Column, pe.Err)
 	if pe.StartLine != pe.Line {
-		msg = fmt.Errorf("line %d, column %d (in a record starting on line %d): %w", pe.Line, pe.Column, pe.StartLine, pe.Err)
-		return &InputError{File: name, Err: msg}
+		return &InputError{File: name, Line: pe.Line, Err: fmt.Errorf("column %d (in a record starting on line %d): %w", pe.Column, pe.StartLine, pe.Err)}
 	}
-	return &InputError{File: name, Line: pe.Line, Err: msg}
+	return &InputError{File: name, Line: pe.Line, Err: fmt.Errorf("column %d: %w", pe.Column, pe.Err)}
 }
 
 // jsonlRows reads one batch item per line.

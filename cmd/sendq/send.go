@@ -74,6 +74,7 @@ func parseSend(args []string, getenv func(string) string, stderr io.Writer) (*se
 	fs.StringVar(&b.Run, "run", "", "a label mixed into the Idempotency-Keys: give a new one to send the same file again on purpose")
 	fs.StringVar(&o.target, "target", target, "base URL of the sendq (env SENDQ_TARGET)")
 	fs.StringVar(&o.apiKey, "api-key", key, "API key (env SENDQ_API_KEY, else the first of SENDQ_API_KEYS)")
+	fs.DurationVar(&b.ProgressEvery, "progress-interval", 2*time.Second, "how often a progress line is written when stderr is not a terminal")
 	fs.IntVar(&o.retries, "retries", 10, "tries again of a batch after a lost answer, 502, 503 or 504, with the same key")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
