@@ -1,0 +1,309 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sendq/sendq/internal/proctest"
+	"github.com/sendq/sendq/internal/redistest"
+	"github.com/sendq/sendq/internal/smtptest"
+)
+
+const sendKey = "send-key-0001"
+
+// sendServer runs `sendq serve` on its own redis-server, delivering to its
+// own SMTP sink, with sendKey as API key and env added.
+func sendServer(t *testing.T, env ...string) (base string, sink *smtptest.Server) {
+	t.Helper()
+	rs := redistest.Start(t)
+	sink = smtptest.Start(t)
+	p := proctest.Start(t, binary, "serve", append([]string{"REDIS_URL=" + rs.URL(),
+		"SENDQ_SMTP_URL=smtp://" + sink.Addr + "?tls=none", "SENDQ_API_KEYS=" + sendKey,
+		"SENDQ_LOG_LEVEL=warn"}, env...)...)
+	return "http://" + p.Addr, sink
+}
+
+// sendRun is one finished `sendq send`.
+type sendRun struct {
+	code           int
+	stdout, stderr string
+}
+
+// runSend runs `sendq send args` against base and waits for it.
+func runSend(t *testing.T, base string, args ...string) sendRun {
+	t.Helper()
+	cmd := sendCmd(base, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := sendRun{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	if strings.Contains(r.stderr, "goroutine ") || strings.Contains(r.stderr, "panic") || strings.Contains(r.stderr, "DATA RACE") {
+		t.Errorf("sendq send %v wrote a stack trace:\n%s", args, r.stderr)
+	}
+	return r
+}
+
+func sendCmd(base string, args ...string) *exec.Cmd {
+	cmd := exec.Command(binary, append([]string{"send"}, args...)...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "SENDQ_TARGET=" + base, "SENDQ_API_KEY=" + sendKey}
+	return cmd
+}
+
+// summary reads the summary lines of stdout ("accepted  12").
+func (r sendRun) summary(t *testing.T) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, l := range splitLines(r.stdout) {
+		f := strings.Fields(l)
+		if len(f) >= 2 {
+			if f[0] == "not" && len(f) >= 3 {
+				f = []string{"not sent", f[2]}
+			}
+			if n, err := strconv.Atoi(f[1]); err == nil {
+				out[f[0]] = n
+			}
+		}
+	}
+	return out
+}
+
+// jsonlRows writes n batch items to a JSONL file, recipient i being
+// user<i>@example.org; bad[i] replaces line i+1's item.
+func jsonlRows(t *testing.T, n int, bad map[int]string) string {
+	t.Helper()
+	var b strings.Builder
+	for i := range n {
+		if s, ok := bad[i]; ok {
+			b.WriteString(s + "\n")
+			continue
+		}
+		fmt.Fprintf(&b, `{"To":"user%d@example.org","Subject":"Order %d shipped","Body":"<p>On its way.</p>"}`+"\n", i, i)
+	}
+	p := filepath.Join(t.TempDir(), "rows.jsonl")
+	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitCopies waits until the sink holds n messages, then a little longer
+// for any extra one, and returns the copies per recipient.
+func waitCopies(t *testing.T, sink *smtptest.Server, n int) map[string]int {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for len(sink.Messages()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sink has %d messages; want %d", len(sink.Messages()), n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // a duplicate would be on its way by now
+	return sink.Copies()
+}
+
+// The issue's test: `sendq send` is SIGKILLed in the middle of the file,
+// run again with the same command, and every row is delivered exactly
+// once. The intake is rate-limited so the first run is slow enough to be
+// killed mid-file (and meets 429s with Retry-After on the way).
+func TestSendKilledMidFileThenRerunDeliversEachRowOnce(t *testing.T) {
+	t.Parallel()
+	const rows = 3000
+	base, sink := sendServer(t, "SENDQ_RATE_PER_KEY=600/s")
+	file := jsonlRows(t, rows, nil)
+	args := []string{"-file", file, "-from", "Shop <shop@example.com>", "-batch", "100", "-parallel", "3", "-progress-interval", "100ms"}
+
+	cmd := sendCmd(base, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	progress := regexp.MustCompile(`^sendq send: (\d+)/(\d+) rows`)
+	sc := bufio.NewScanner(stderr)
+	killedAt := -1
+	for sc.Scan() {
+		m := progress.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		if done, _ := strconv.Atoi(m[1]); done >= 500 {
+			killedAt = done
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			break
+		}
+	}
+	_ = cmd.Wait()
+	if killedAt < 0 || killedAt >= rows {
+		t.Fatalf("the first run was not killed mid-file (at %d of %d rows)", killedAt, rows)
+	}
+	t.Logf("killed after %d of %d rows were answered", killedAt, rows)
+
+	r := runSend(t, base, args...)
+	if r.code != 0 {
+		t.Fatalf("the second run exited %d:\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if got, want := r.summary(t), map[string]int{"rows": rows, "accepted": rows, "rejected": 0, "not sent": 0}; !reflect.DeepEqual(got, want) {
+		t.Errorf("the second run's summary = %v; want %v", got, want)
+	}
+	copies := waitCopies(t, sink, rows)
+	if len(copies) != rows {
+		t.Errorf("%d recipients got mail; want %d", len(copies), rows)
+	}
+	for i := range rows {
+		if n := copies[fmt.Sprintf("user%d@example.org", i)]; n != 1 {
+			t.Errorf("user%d@example.org got %d copies; want 1", i, n)
+		}
+	}
+
+	// A third run finds every batch answered already: nothing more is sent.
+	r = runSend(t, base, args...)
+	if r.code != 0 || r.summary(t)["accepted"] != rows {
+		t.Errorf("the third run = %d:\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if copies := waitCopies(t, sink, rows); len(sink.Messages()) != rows {
+		t.Errorf("after a third run the sink has %d messages; want %d (%d recipients)", len(sink.Messages()), rows, len(copies))
+	}
+}
+
+// The summary, the rejects file and the exit status: rows refused by sendq
+// are named by their line (with a blank line before them counted), the
+// rest are delivered, and the status is 1; a file with every row valid
+// exits 0.
+func TestSendSummaryRejectsAndExitStatus(t *testing.T) {
+	t.Parallel()
+	base, sink := sendServer(t)
+	const rows = 250
+	file := jsonlRows(t, rows, map[int]string{
+		3:   `{"To":"not an address","Subject":"x","Body":"y"}`,
+		100: "",
+		101: `{"To":"user101@example.org","Subject":"bad\u0007subject","Body":"y"}`,
+		249: `{"To":"user249@example.org","Subject":"x","Body":"y","Attachments":[{"FileName":"../a","ContentData":"eA=="}]}`,
+	})
+	rejects := filepath.Join(t.TempDir(), "rejects.csv")
+	r := runSend(t, base, "-file", file, "-from", "shop@example.com", "-batch", "40", "-rejects", rejects)
+	if r.code != 1 {
+		t.Errorf("exit status %d; want 1 (rows rejected):\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// The blank line is not a row.
+	if got, want := r.summary(t), map[string]int{"rows": rows - 1, "accepted": rows - 4, "rejected": 3, "not sent": 0}; !reflect.DeepEqual(got, want) {
+		t.Errorf("summary = %v; want %v\n%s", got, want, r.stdout)
+	}
+	f, err := os.Open(rejects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [][2]string
+	for _, rec := range recs {
+		got = append(got, [2]string{rec[0], rec[1]})
+	}
+	want := [][2]string{{"line", "field"}, {"4", "To"}, {"102", "Subject"}, {"250", "Attachments[0].FileName"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rejects (line, field) = %v; want %v\n%v", got, want, recs)
+	}
+	for _, rec := range recs[1:] {
+		if rec[2] == "" || rec[3] == "" {
+			t.Errorf("reject %v has no code or message", rec)
+		}
+	}
+	if !strings.Contains(r.stderr, "line 4: rejected: To") {
+		t.Errorf("stderr does not name line 4:\n%s", r.stderr)
+	}
+	// Not a terminal: progress lines, the last one at 100%.
+	if !strings.Contains(r.stderr, fmt.Sprintf("sendq send: %d/%d rows (100%%), ", rows-1, rows-1)) {
+		t.Errorf("stderr has no final progress line:\n%s", r.stderr)
+	}
+	copies := waitCopies(t, sink, rows-4)
+	if len(copies) != rows-4 || copies["user101@example.org"] != 0 {
+		t.Errorf("%d recipients got mail; want %d, and not user101", len(copies), rows-4)
+	}
+
+	ok := jsonlRows(t, 30, nil)
+	if r := runSend(t, base, "-file", ok, "-from", "shop@example.com", "-batch", "7"); r.code != 0 || r.summary(t)["accepted"] != 30 {
+		t.Errorf("a valid file: exit %d; want 0 and 30 accepted:\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// Bad input is a message naming the file and line, exit status 2, no stack
+// trace, and nothing sent.
+func TestSendBadInput(t *testing.T) {
+	t.Parallel()
+	base, sink := sendServer(t)
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	valid := `{"To":"a@example.org","Subject":"x","Body":"y"}` + "\n"
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing file", []string{"-file", filepath.Join(dir, "nope.csv"), "-template", "t"}, "nope.csv: no such file"},
+		{"no -file", []string{"-template", "t"}, "-file is required"},
+		{"csv without -template", []string{"-file", write("a.csv", "To\na@example.org\n")}, "-template is required for a CSV file"},
+		{"bad priority", []string{"-file", write("b.jsonl", valid), "-priority", "urgent"}, `-priority "urgent": want high, normal or bulk`},
+		{"malformed CSV", []string{"-file", write("c.csv", "To,Name\na@example.org,A\nb@example.org,B\"x\n"), "-template", "t"},
+			`c.csv line 3: column 16: bare " in non-quoted-field`},
+		{"field count", []string{"-file", write("d.csv", "To,Name\na@example.org,A\nb@example.org\n"), "-template", "t"},
+			"d.csv line 3: wrong number of fields"},
+		{"no To column", []string{"-file", write("e.csv", "Email,Name\na@example.org,A\n"), "-template", "t"},
+			"e.csv line 1: the header has no To column (it has Email, Name)"},
+		{"JSONL not an object", []string{"-file", write("f.jsonl", valid+valid+"\"x\"\n")}, "f.jsonl line 3: not a JSON object"},
+		{"JSONL unknown field", []string{"-file", write("g.jsonl", valid+`{"To":"b@example.org","Sbject":"x"}`+"\n")},
+			`g.jsonl line 2: not a batch item: json: unknown field "Sbject"`},
+	} {
+		r := runSend(t, base, tc.args...)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and %q", tc.name, r.code, r.stderr, tc.want)
+		}
+	}
+	// A key sendq refuses stops the run at once, without showing the key.
+	r := runSend(t, base, "-file", write("h.jsonl", valid+valid), "-api-key", "wrong-key")
+	if r.code != 1 || !strings.Contains(r.stderr, "401 unauthorized") || !strings.Contains(r.stderr, "check -api-key") ||
+		strings.Contains(r.stderr, "wrong-key") {
+		t.Errorf("a wrong key: exit %d, stderr %q; want 1, a 401 and no key", r.code, r.stderr)
+	}
+	if n := len(sink.Messages()); n != 0 {
+		t.Errorf("bad input delivered %d messages", n)
+	}
+}
+
+// -h prints the usage and exits 0.
+func TestSendHelp(t *testing.T) {
+	t.Parallel()
+	r := runSend(t, "http://127.0.0.1:1", "-h")
+	if r.code != 0 || !strings.Contains(r.stderr, "Safe to re-run") || !strings.Contains(r.stderr, "-rejects") {
+		t.Errorf("sendq send -h: exit %d\n%s", r.code, r.stderr)
+	}
+}
