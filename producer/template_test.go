@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sendq/sendq/internal/apitest"
+	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
 )
 
@@ -137,5 +139,102 @@ func TestTemplatedBatch(t *testing.T) {
 		if e.Subject != w.subject || e.Text != w.text || e.TemplateVersion != 1 {
 			t.Errorf("message %d: subject %q text %q; want %q and %q", i, e.Subject, e.Text, w.subject, w.text)
 		}
+	}
+}
+
+// Every template route, each exchange validated against openapi.yaml.
+func TestTemplateRoutes(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, func(c *producer.Config) {
+		c.Keys = mustKeys(t, "acme=acme-key-0001,acme=acme-key-0002,other-key-0003")
+	})
+	v := apitest.NewValidator(t)
+	acme := map[string]string{"Authorization": "Bearer acme-key-0001"}
+	acme2 := map[string]string{"Authorization": "Bearer acme-key-0002"}
+	other := map[string]string{"Authorization": "Bearer other-key-0003"}
+	do := func(method, path, body string, h map[string]string, want int) response {
+		t.Helper()
+		r := b.doChecked(t, v, method, path, body, h)
+		if r.code != want {
+			t.Fatalf("%s %s = %d %s; want %d", method, path, r.code, r.raw, want)
+		}
+		return r
+	}
+	do("PUT", "/v1/templates/order-shipped", shippedTemplate, acme, 201)
+	r := do("PUT", "/v1/templates/order-shipped", `{"subject": "v2 {{.FirstName}}", "html": "<b>{{.FirstName}}</b>"}`, acme2, 200)
+	if r.body["version"] != float64(2) || r.body["name"] != "order-shipped" {
+		t.Errorf("second PUT = %s; want version 2", r.raw)
+	}
+	do("PUT", "/v1/templates/welcome", `{"Subject": "Welcome", "Text": "Hello {{.FirstName}}"}`, acme, 201)
+	// Another key (no tenant) has templates of its own.
+	do("GET", "/v1/templates/order-shipped", "", other, 404)
+	do("PUT", "/v1/templates/order-shipped", `{"Subject": "mine", "Text": "mine"}`, other, 201)
+
+	r = do("GET", "/v1/templates", "", acme2, 200)
+	list, _ := r.body["templates"].([]any)
+	if len(list) != 2 || list[0].(map[string]any)["name"] != "order-shipped" || list[0].(map[string]any)["version"] != float64(2) {
+		t.Errorf("GET /v1/templates = %s; want order-shipped (v2) and welcome", r.raw)
+	}
+	r = do("GET", "/v1/templates/order-shipped", "", acme, 200)
+	if r.body["version"] != float64(2) || r.body["subject"] != "v2 {{.FirstName}}" {
+		t.Errorf("GET current = %s", r.raw)
+	}
+	r = do("GET", "/v1/templates/order-shipped/versions/1", "", acme, 200)
+	if r.body["version"] != float64(1) || !strings.Contains(r.body["text"].(string), "{{.Link}}") {
+		t.Errorf("GET version 1 = %s", r.raw)
+	}
+	do("GET", "/v1/templates/order-shipped/versions/3", "", acme, 404)
+	do("GET", "/v1/templates/order-shipped/versions/x", "", acme, 404)
+
+	r = do("POST", "/v1/templates/order-shipped/render", `{"TemplateData": {"FirstName": "C&A"}}`, acme, 200)
+	if r.body["subject"] != "v2 C&A" || r.body["html"] != "<b>C&amp;A</b>" || r.body["version"] != float64(2) {
+		t.Errorf("render = %s", r.raw)
+	}
+	r = do("POST", "/v1/templates/order-shipped/render", `{"TemplateVersion": 1, "TemplateData": {"FirstName": "Ada", "OrderNo": 7}}`, acme, 400)
+	if code, field := errField(r); code != "missing_variable" || field != "TemplateData.Link" {
+		t.Errorf("render without Link = %s; want missing_variable TemplateData.Link", r.raw)
+	}
+	do("POST", "/v1/templates/nope/render", `{}`, acme, 400)
+	r = do("POST", "/v1/templates/render", `{"Subject": "Hi {{.N}}", "Html": "<p>{{.N}}</p>", "Text": "{{.N}}", "TemplateData": {"N": 3}}`, acme, 200)
+	if r.body["subject"] != "Hi 3" || r.body["html"] != "<p>3</p>" || r.body["text"] != "3" {
+		t.Errorf("draft render = %s", r.raw)
+	}
+
+	for _, c := range []struct{ path, body, code, field string }{
+		{"/v1/templates/x", `{"Subject": "s", "Html": "<p>\n{{if .A}}"}`, "invalid_template", "Html"},
+		{"/v1/templates/x", `{"Subject": "{{.A", "Text": "t"}`, "invalid_template", "Subject"},
+		{"/v1/templates/x", `{"Text": "t"}`, "invalid_template", "Subject"},
+		{"/v1/templates/x", `{"Subject": "s"}`, "invalid_template", "Html"},
+		{"/v1/templates/x", `{"Subject": "s", "Text": "t", "Nope": 1}`, "unknown_field", "Nope"},
+		{"/v1/templates/x", `{"Subject": 1, "Text": "t"}`, "invalid_field", "Subject"},
+		{"/v1/templates/Bad_Name", `{"Subject": "s", "Text": "t"}`, "invalid_field", "name"},
+		{"/v1/templates/x", `[]`, "invalid_json", ""},
+	} {
+		r := do("PUT", c.path, c.body, acme, 400)
+		if code, field := errField(r); code != c.code || field != c.field {
+			t.Errorf("PUT %s %s = %s; want %s on %s", c.path, c.body, r.raw, c.code, c.field)
+		}
+	}
+	if r := do("PUT", "/v1/templates/x", `{"Subject": "s", "Html": "<p>\n\n{{if .A}}"}`, acme, 400); !strings.Contains(string(r.raw), "line 3") {
+		t.Errorf("parse error %s does not name line 3", r.raw)
+	}
+
+	// A send after the delete is unknown_template; the queued one stays.
+	r = do("POST", "/v1/emails", `{"From": "shop@example.com", "To": "a@example.com", "Template": "welcome", "TemplateData": {"FirstName": "Ada"}}`, acme, 202)
+	id := r.body["id"].(string)
+	do("DELETE", "/v1/templates/welcome", "", acme, 200)
+	do("DELETE", "/v1/templates/welcome", "", acme, 404)
+	do("GET", "/v1/templates/welcome", "", acme, 404)
+	if e := b.queuedEmail(t, id, queue.PriorityNormal); e.Subject != "Welcome" || e.Body != "Hello Ada" {
+		t.Errorf("queued email after the delete = %q %q", e.Subject, e.Body)
+	}
+	r = do("POST", "/v1/emails", `{"From": "shop@example.com", "To": "a@example.com", "Template": "welcome", "TemplateData": {"FirstName": "Ada"}}`, acme, 400)
+	if code, field := errField(r); code != "unknown_template" || field != "Template" {
+		t.Errorf("send after delete = %s", r.raw)
+	}
+	// A name created again does not reuse the old numbers.
+	r = do("PUT", "/v1/templates/welcome", `{"Subject": "again", "Text": "again"}`, acme, 201)
+	if r.body["version"] != float64(2) {
+		t.Errorf("PUT after delete = %s; want version 2", r.raw)
 	}
 }
