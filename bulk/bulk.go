@@ -153,6 +153,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkTemplate(ctx, cfg); err != nil {
+		return nil, err
+	}
 	defaults := client.Email{From: cfg.From, Priority: cfg.Priority, Template: cfg.Template, TemplateVersion: cfg.TemplateVersion}
 	s := &sender{cfg: cfg, defaults: defaults, rows: rows, sum: &Summary{Rows: rows}}
 	s.keyBase = keyBase(digest, cfg.Format, defaults, cfg.BatchSize, cfg.Run)
@@ -207,6 +210,29 @@ func scan(name string, f Format) (digest []byte, rows int, err error) {
 		return nil, 0, &InputError{File: name, Err: fmt.Errorf("read: %w", err)}
 	}
 	return h.Sum(nil), rows, nil
+}
+
+// ErrUnknownTemplate is the template (or its version) that sendq does not
+// have; Run returns it, wrapped, before sending anything.
+var ErrUnknownTemplate = errors.New("unknown template")
+
+// checkTemplate asks sendq for the run's template, so that a wrong name is
+// one message rather than every row's reject.
+func checkTemplate(ctx context.Context, cfg Config) error {
+	if cfg.Template == "" {
+		return nil
+	}
+	_, err := cfg.Client.Template(ctx, cfg.Template, cfg.TemplateVersion)
+	var ae *client.APIError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ae) && ae.Status == http.StatusNotFound && cfg.TemplateVersion != 0 && ae.Field == "n":
+		return fmt.Errorf("%w: template %q has no version %d", ErrUnknownTemplate, cfg.Template, cfg.TemplateVersion)
+	case errors.As(err, &ae) && ae.Status == http.StatusNotFound:
+		return fmt.Errorf("%w %q: sendq has no template of this name (PUT /v1/templates/%s stores one)", ErrUnknownTemplate, cfg.Template, cfg.Template)
+	}
+	return fmt.Errorf("look up template %q: %w", cfg.Template, describe(err))
 }
 
 func openError(err error) error {

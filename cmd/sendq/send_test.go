@@ -106,6 +106,35 @@ func jsonlRows(t *testing.T, n int, bad map[int]string) string {
 	return p
 }
 
+// csvRows writes a CSV file of n rows (To, Name, Order), recipient i being
+// user<i>@example.org; bad[i] replaces row i's line.
+func csvRows(t *testing.T, n int, bad map[int]string) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("To,Name,Order\n")
+	for i := range n {
+		if s, ok := bad[i]; ok {
+			b.WriteString(s + "\n")
+			continue
+		}
+		fmt.Fprintf(&b, "user%d@example.org,User %d,A-%d\n", i, i, i)
+	}
+	p := filepath.Join(t.TempDir(), "rows.csv")
+	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// putTemplate stores template name on the sendq at base.
+func putTemplate(t *testing.T, base, name, body string) {
+	t.Helper()
+	r := call(t, "PUT", base+"/v1/templates/"+name, []byte(body), map[string]string{"Authorization": "Bearer " + sendKey})
+	if r.Resp.StatusCode != 201 && r.Resp.StatusCode != 200 {
+		t.Fatalf("PUT /v1/templates/%s = %d %s", name, r.Resp.StatusCode, r.Body)
+	}
+}
+
 // waitCopies waits until the sink holds n messages, then a little longer
 // for any extra one, and returns the copies per recipient.
 func waitCopies(t *testing.T, sink *smtptest.Server, n int) map[string]int {
@@ -129,8 +158,9 @@ func TestSendKilledMidFileThenRerunDeliversEachRowOnce(t *testing.T) {
 	t.Parallel()
 	const rows = 3000
 	base, sink := sendServer(t, "SENDQ_RATE_PER_KEY=600/s")
-	file := jsonlRows(t, rows, nil)
-	args := []string{"-file", file, "-from", "Shop <shop@example.com>", "-batch", "100", "-parallel", "3", "-progress-interval", "100ms"}
+	putTemplate(t, base, "order-shipped", `{"Subject": "Order {{.Order}} shipped", "Text": "Hi {{.Name}}, order {{.Order}} is on its way."}`)
+	file := csvRows(t, rows, nil)
+	args := []string{"-template", "order-shipped", "-file", file, "-from", "Shop <shop@example.com>", "-batch", "100", "-parallel", "3", "-progress-interval", "100ms"}
 
 	cmd := sendCmd(base, args...)
 	stderr, err := cmd.StderrPipe()
@@ -305,5 +335,74 @@ func TestSendHelp(t *testing.T) {
 	r := runSend(t, "http://127.0.0.1:1", "-h")
 	if r.code != 0 || !strings.Contains(r.stderr, "Safe to re-run") || !strings.Contains(r.stderr, "-rejects") {
 		t.Errorf("sendq send -h: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// A CSV file with a template, as the issue's example: each row's columns
+// are its TemplateData and arrive rendered; a row with no To, a bad
+// address and a record spanning two lines are named by their lines; an
+// unknown template is one message and nothing is sent; a column the
+// template needs and the file lacks rejects every row naming it.
+func TestSendCSVWithTemplate(t *testing.T) {
+	t.Parallel()
+	base, sink := sendServer(t)
+	putTemplate(t, base, "order-shipped", `{"Subject": "Order {{.Order}} shipped", "Html": "<p>Hi {{.Name}}</p>", "Text": "Hi {{.Name}}"}`)
+	const rows = 120
+	file := csvRows(t, rows, map[int]string{
+		4:  ",Nobody,A-4",
+		10: "user10@example.org,\"Ten\nLines\",A-10",
+		11: "not an address,Eleven,A-11",
+	})
+	rejects := filepath.Join(t.TempDir(), "rejects.csv")
+	r := runSend(t, base, "-template", "order-shipped", "-file", file, "-from", "shop@example.com", "-batch", "25", "-rejects", rejects)
+	if r.code != 1 {
+		t.Errorf("exit %d; want 1:\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if got, want := r.summary(t), map[string]int{"rows": rows, "accepted": rows - 2, "rejected": 2, "not sent": 0}; !reflect.DeepEqual(got, want) {
+		t.Errorf("summary = %v; want %v", got, want)
+	}
+	raw, err := os.ReadFile(rejects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Row 4 is line 6; row 10 takes lines 12 and 13, so row 11 is line 14.
+	if want := "line,field,code,message\n6,To,missing_recipient,the To column is empty\n14,To,invalid_field,\"\"\"not an address\"\" is not an email address\"\n"; string(raw) != want {
+		t.Errorf("rejects file =\n%s\nwant\n%s", raw, want)
+	}
+	waitCopies(t, sink, rows-2)
+	var found bool
+	for _, m := range sink.Messages() {
+		if m.To[0] == "user10@example.org" {
+			found = true
+			if !bytes.Contains(m.Data, []byte("Subject: Order A-10 shipped")) || !bytes.Contains(m.Data, []byte("Hi Ten")) {
+				t.Errorf("user10's message is not rendered from its row:\n%s", m.Data)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("user10@example.org got nothing")
+	}
+
+	before := len(sink.Messages())
+	r = runSend(t, base, "-template", "order-shiped", "-file", file)
+	if r.code != 2 || !strings.Contains(r.stderr, `unknown template "order-shiped"`) {
+		t.Errorf("an unknown template: exit %d, stderr %q; want 2 and the name", r.code, r.stderr)
+	}
+	r = runSend(t, base, "-template", "order-shipped", "-template-version", "9", "-file", file)
+	if r.code != 2 || !strings.Contains(r.stderr, `template "order-shipped" has no version 9`) {
+		t.Errorf("an unknown version: exit %d, stderr %q; want 2 and the version", r.code, r.stderr)
+	}
+
+	putTemplate(t, base, "needs-more", `{"Subject": "Order {{.Order}} for {{.Customer}}", "Text": "x"}`)
+	r = runSend(t, base, "-template", "needs-more", "-file", csvRows(t, 30, nil), "-from", "shop@example.com", "-batch", "10", "-rejects", rejects)
+	if got, want := r.summary(t), map[string]int{"rows": 30, "accepted": 0, "rejected": 30, "not sent": 0}; r.code != 1 || !reflect.DeepEqual(got, want) {
+		t.Errorf("a column missing: exit %d, summary %v; want 1 and %v\n%s", r.code, got, want, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "line 2: rejected: TemplateData.Customer (missing_variable)") {
+		t.Errorf("a column missing: stderr does not name line 2 and TemplateData.Customer:\n%s", r.stderr)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := len(sink.Messages()); n != before {
+		t.Errorf("the refused runs delivered %d messages", n-before)
 	}
 }
