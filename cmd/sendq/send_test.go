@@ -28,12 +28,72 @@ const sendKey = "send-key-0001"
 // own SMTP sink, with sendKey as API key and env added.
 func sendServer(t *testing.T, env ...string) (base string, sink *smtptest.Server) {
 	t.Helper()
-	rs := redistest.Start(t)
+	base, sink, _ = sendServerRedis(t, env...)
+	return base, sink
+}
+
+// sendServerRedis is sendServer, and its redis-server.
+func sendServerRedis(t *testing.T, env ...string) (base string, sink *smtptest.Server, rs *redistest.Server) {
+	t.Helper()
+	rs = redistest.Start(t)
 	sink = smtptest.Start(t)
 	p := proctest.Start(t, binary, "serve", append([]string{"REDIS_URL=" + rs.URL(),
 		"SENDQ_SMTP_URL=smtp://" + sink.Addr + "?tls=none", "SENDQ_API_KEYS=" + sendKey,
 		"SENDQ_LOG_LEVEL=warn"}, env...)...)
-	return "http://" + p.Addr, sink
+	return "http://" + p.Addr, sink, rs
+}
+
+// startSend starts `sendq send args` and returns once a progress line
+// says at least atLeast rows were answered (failing t if it ends first).
+// wait waits for the exit and returns the run, stderr included.
+func startSend(t *testing.T, base string, atLeast int, args ...string) (cmd *exec.Cmd, wait func() sendRun) {
+	t.Helper()
+	cmd = sendCmd(base, args...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	progress := regexp.MustCompile(`^sendq send: (\d+)/(\d+) rows`)
+	sc := bufio.NewScanner(stderr)
+	var errb strings.Builder
+	reached := false
+	for !reached && sc.Scan() {
+		errb.WriteString(sc.Text() + "\n")
+		if m := progress.FindStringSubmatch(sc.Text()); m != nil {
+			done, _ := strconv.Atoi(m[1])
+			total, _ := strconv.Atoi(m[2])
+			if done >= total {
+				t.Fatalf("sendq send finished before it could be interrupted: %s", sc.Text())
+			}
+			reached = done >= atLeast
+		}
+	}
+	if !reached {
+		_ = cmd.Wait()
+		t.Fatalf("sendq send ended before %d rows:\n%s", atLeast, errb.String())
+	}
+	rest := make(chan struct{})
+	go func() { // ends at the process' exit, when stderr closes
+		defer close(rest)
+		for sc.Scan() {
+			errb.WriteString(sc.Text() + "\n")
+		}
+	}()
+	return cmd, func() sendRun {
+		<-rest
+		err := cmd.Wait()
+		r := sendRun{stdout: out.String(), stderr: errb.String()}
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			r.code = ee.ExitCode()
+		}
+		return r
+	}
 }
 
 // sendRun is one finished `sendq send`.
@@ -162,33 +222,11 @@ func TestSendKilledMidFileThenRerunDeliversEachRowOnce(t *testing.T) {
 	file := csvRows(t, rows, nil)
 	args := []string{"-template", "order-shipped", "-file", file, "-from", "Shop <shop@example.com>", "-batch", "100", "-parallel", "3", "-progress-interval", "100ms"}
 
-	cmd := sendCmd(base, args...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
+	cmd, wait := startSend(t, base, 500, args...)
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	if r := wait(); r.code != -1 {
+		t.Fatalf("the first run was not killed mid-file: exit %d\n%s", r.code, r.stderr)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	progress := regexp.MustCompile(`^sendq send: (\d+)/(\d+) rows`)
-	sc := bufio.NewScanner(stderr)
-	killedAt := -1
-	for sc.Scan() {
-		m := progress.FindStringSubmatch(sc.Text())
-		if m == nil {
-			continue
-		}
-		if done, _ := strconv.Atoi(m[1]); done >= 500 {
-			killedAt = done
-			_ = cmd.Process.Signal(syscall.SIGKILL)
-			break
-		}
-	}
-	_ = cmd.Wait()
-	if killedAt < 0 || killedAt >= rows {
-		t.Fatalf("the first run was not killed mid-file (at %d of %d rows)", killedAt, rows)
-	}
-	t.Logf("killed after %d of %d rows were answered", killedAt, rows)
 
 	r := runSend(t, base, args...)
 	if r.code != 0 {
@@ -404,5 +442,59 @@ func TestSendCSVWithTemplate(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if n := len(sink.Messages()); n != before {
 		t.Errorf("the refused runs delivered %d messages", n-before)
+	}
+}
+
+// Redis frozen in the middle of a run: the batches in flight are answered
+// 503 (or time out) and tried again with their keys once it is back; the
+// run ends with every row accepted and delivered once.
+func TestSendRetriesThroughAFrozenRedis(t *testing.T) {
+	t.Parallel()
+	const rows = 2000
+	base, sink, rs := sendServerRedis(t, "SENDQ_RATE_PER_KEY=600/s")
+	file := jsonlRows(t, rows, nil)
+	_, wait := startSend(t, base, 300, "-file", file, "-from", "shop@example.com", "-batch", "50", "-parallel", "3",
+		"-progress-interval", "100ms", "-retries", "20")
+	resume := rs.Pause(t)
+	time.Sleep(4 * time.Second) // longer than the intake's 3 s Redis timeout
+	resume()
+	r := wait()
+	if r.code != 0 {
+		t.Fatalf("exit %d; want 0:\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	if got := r.summary(t); got["accepted"] != rows {
+		t.Errorf("summary = %v; want %d accepted", got, rows)
+	}
+	copies := waitCopies(t, sink, rows)
+	for i := range rows {
+		if n := copies[fmt.Sprintf("user%d@example.org", i)]; n != 1 {
+			t.Errorf("user%d@example.org got %d copies; want 1", i, n)
+		}
+	}
+}
+
+// Ctrl-C: the run stops, says what it sent and that running it again
+// sends the rest, and exits 1; running it again does, once.
+func TestSendInterruptedThenRerun(t *testing.T) {
+	t.Parallel()
+	const rows = 2000
+	base, sink := sendServer(t, "SENDQ_RATE_PER_KEY=600/s")
+	file := jsonlRows(t, rows, nil)
+	args := []string{"-file", file, "-from", "shop@example.com", "-batch", "50", "-progress-interval", "100ms"}
+	cmd, wait := startSend(t, base, 300, args...)
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	r := wait()
+	sum := r.summary(t)
+	if r.code != 1 || !strings.Contains(r.stderr, "stopped: interrupt signal received") || !strings.Contains(r.stderr, "run the same command again") ||
+		sum["not sent"] == 0 || sum["accepted"]+sum["not sent"] != rows {
+		t.Errorf("interrupted: exit %d, summary %v; want 1, rows not sent and the advice\n%s", r.code, sum, r.stderr)
+	}
+	r = runSend(t, base, args...)
+	if r.code != 0 || r.summary(t)["accepted"] != rows {
+		t.Fatalf("the second run: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	copies := waitCopies(t, sink, rows)
+	if len(copies) != rows || len(sink.Messages()) != rows {
+		t.Errorf("%d messages to %d recipients; want %d, one each", len(sink.Messages()), len(copies), rows)
 	}
 }
