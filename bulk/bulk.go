@@ -23,6 +23,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,7 +38,7 @@ type Config struct {
 	Client *client.Client
 	// File is the path of the rows. Required.
 	File string
-	// Format of File. If unset, FormatOf(File).
+	// Format of File. If FormatAuto (unset), FormatOf(File).
 	Format Format
 	// Template names the template of every row (a CSV file's rows need
 	// one: their columns are its TemplateData); TemplateVersion pins its
@@ -102,8 +103,14 @@ func (c *Config) validate() error {
 	if c.File == "" {
 		errs = append(errs, "no file of rows")
 	}
-	if c.Format == FormatCSV && c.Template == "" && FormatOf(c.File) == FormatCSV {
+	if c.Format == FormatAuto {
+		c.Format = FormatOf(c.File)
+	}
+	if c.Format == FormatCSV && c.Template == "" {
 		errs = append(errs, "a CSV file needs a template: its columns are the template's data")
+	}
+	if c.Rejects != "" && c.File != "" && sameFile(c.Rejects, c.File) {
+		errs = append(errs, "the rejects file is the file of rows")
 	}
 	if c.BatchSize < 0 || c.Parallel < 0 || c.TemplateVersion < 0 {
 		errs = append(errs, "the batch size, parallel batches and template version may not be negative")
@@ -115,9 +122,6 @@ func (c *Config) validate() error {
 	}
 	if len(errs) > 0 {
 		return errors.New(strings.Join(errs, "; "))
-	}
-	if c.Format == FormatCSV {
-		c.Format = FormatOf(c.File)
 	}
 	if c.BatchSize == 0 {
 		c.BatchSize = 500
@@ -233,6 +237,18 @@ func checkTemplate(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("%w %q: sendq has no template of this name (PUT /v1/templates/%s stores one)", ErrUnknownTemplate, cfg.Template, cfg.Template)
 	}
 	return fmt.Errorf("look up template %q: %w", cfg.Template, describe(err))
+}
+
+// sameFile reports whether paths a and b name one file.
+func sameFile(a, b string) bool {
+	ai, aerr := os.Stat(a)
+	bi, berr := os.Stat(b)
+	if aerr == nil && berr == nil {
+		return os.SameFile(ai, bi)
+	}
+	aa, _ := filepath.Abs(a)
+	ba, _ := filepath.Abs(b)
+	return aa == ba
 }
 
 func openError(err error) error {
@@ -437,6 +453,12 @@ func (s *sender) send(ctx context.Context, b *batch) {
 			b.err = s.batchErr(b, fmt.Errorf("sendq answered %d results for %d messages", len(res.Results), len(b.msgs)))
 			return
 		}
+		if f := defaultsFault(res); f != nil {
+			// Every other batch carries the same Defaults: stop rather
+			// than reject every row of the file for it.
+			b.err = s.batchErr(b, fmt.Errorf("every message was refused for %s (%s): %s", f.Field, f.Code, f.Message))
+			return
+		}
 		for i, r := range res.Results {
 			if r.Error == nil {
 				b.accepted++
@@ -456,6 +478,21 @@ func (s *sender) send(ctx context.Context, b *batch) {
 
 func (s *sender) batchErr(b *batch, err error) error {
 	return fmt.Errorf("batch %d (lines %d-%d): %w", b.seq+1, b.lines[0], b.lines[len(b.lines)-1], err)
+}
+
+// defaultsFault returns the fault of the batch's Defaults when it is what
+// refused every message, nil otherwise.
+func defaultsFault(res *client.BatchResult) *client.ItemError {
+	if res.Accepted != 0 || len(res.Results) == 0 {
+		return nil
+	}
+	first := res.Results[0].Error
+	for _, r := range res.Results {
+		if r.Error == nil || !strings.HasPrefix(r.Error.Field, "Defaults.") || r.Error.Field != first.Field {
+			return nil
+		}
+	}
+	return first
 }
 
 // describe says what a batch's failure means for the person running it.

@@ -18,20 +18,25 @@ type Format int
 
 // The formats of a file of rows.
 const (
+	// FormatAuto is FormatOf the file's name.
+	FormatAuto Format = iota
 	// FormatCSV is a header line, then one row per record: the To column
 	// is the recipient, CC, Bcc and From optional, every other column a
 	// TemplateData key.
-	FormatCSV Format = iota
+	FormatCSV
 	// FormatJSONL is one batch item (a JSON object, as in the Messages of
 	// POST /v1/emails/batch) per line; blank lines are skipped.
 	FormatJSONL
 )
 
 func (f Format) String() string {
-	if f == FormatJSONL {
+	switch f {
+	case FormatCSV:
+		return "csv"
+	case FormatJSONL:
 		return "jsonl"
 	}
-	return "csv"
+	return "auto"
 }
 
 // FormatOf returns the format of a file by its name: JSONL for a name

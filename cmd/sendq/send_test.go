@@ -370,6 +370,21 @@ func TestSendBadInput(t *testing.T) {
 		strings.Contains(r.stderr, "wrong-key") {
 		t.Errorf("a wrong key: exit %d, stderr %q; want 1, a 401 and no key", r.code, r.stderr)
 	}
+	// The rejects file may not be the file of rows.
+	rowsFile := write("i.jsonl", valid)
+	if r := runSend(t, base, "-file", rowsFile, "-rejects", rowsFile); r.code != 2 || !strings.Contains(r.stderr, "the rejects file is the file of rows") {
+		t.Errorf("-rejects = -file: exit %d, stderr %q; want 2", r.code, r.stderr)
+	}
+	if b, _ := os.ReadFile(rowsFile); string(b) != valid {
+		t.Errorf("the file of rows was overwritten: %q", b)
+	}
+	// A bad -from refuses every message for Defaults.From: the run stops
+	// at the first batch instead of rejecting every row.
+	r = runSend(t, base, "-file", jsonlRows(t, 500, nil), "-from", "not an address", "-batch", "50", "-parallel", "1")
+	if sum := r.summary(t); r.code != 1 || !strings.Contains(r.stderr, "every message was refused for Defaults.From (invalid_field)") ||
+		sum["rejected"] != 0 || sum["not sent"] != 500 {
+		t.Errorf("a bad -from: exit %d, summary %v; want 1, every row not sent, and Defaults.From named\n%s", r.code, sum, r.stderr)
+	}
 	if n := len(sink.Messages()); n != 0 {
 		t.Errorf("bad input delivered %d messages", n)
 	}
