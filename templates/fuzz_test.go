@@ -37,7 +37,7 @@ func FuzzRender(f *testing.F) {
 		`{"OrderNo": 1, "FirstName": "Ada", "Link": "https://example.com"}`,
 		`{"OrderNo": null, "FirstName": "Ada", "Link": "x"}`,
 		`{"FirstName": "a\r\nBcc: x@evil.example", "OrderNo": 1, "Link": "x"}`,
-		`{"User": {"Name": "u"}, "Paid": true, "Total": 1.5, "Items": ["a", null, 3]}`,
+		`{"User": {"Name": "u"}, "Paid": true, "Total": 1.5, "Items": ["a", 3]}`,
 		`{"User": "not an object", "Paid": 0, "Items": 7}`,
 		`{"M": {"k": "<no value>"}, "FirstName": "\u2028"}`,
 		`{"M": {}, "FirstName": ["x"], "Link": "javascript:alert(1)"}`,
