@@ -117,7 +117,16 @@ func execError(part string, err error) error {
 		return &MissingError{Part: part, Name: strings.TrimPrefix(dataPath(m[1])+"."+m[2], ".")}
 	}
 	if m := atExpr.FindStringSubmatch(msg); m != nil {
-		return &DataError{Part: part, Message: fmt.Sprintf("%s: %s", strings.TrimPrefix(strings.TrimPrefix(m[1], "$"), "."), m[2])}
+		expr, why := m[1], m[2]
+		if _, rest, ok := strings.Cut(why, "error calling "); ok {
+			if _, r, ok := strings.Cut(rest, ": "); ok {
+				why = r
+			}
+		}
+		if strings.Contains(expr, rangeGuard) {
+			return &DataError{Part: part, Message: why}
+		}
+		return &DataError{Part: part, Message: dataPath(expr) + ": " + why}
 	}
 	if i := strings.LastIndex(msg, ": "); i >= 0 {
 		msg = msg[i+2:]
