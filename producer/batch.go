@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
@@ -119,12 +121,32 @@ func decodeBatch(body []byte, lim Limits, maxBatch int, maxItemBytes int64, now 
 	out.emails = make([]*queue.Email, len(br.Messages))
 	out.idem = make([]string, len(br.Messages))
 	out.results = make([]BatchResult, len(br.Messages))
-	seen := map[string]int{}
+	// The messages are decoded (and rendered) on every core; what one
+	// message says about another (a repeated IdempotencyKey) is checked
+	// after, in order.
+	type decoded struct {
+		e   *queue.Email
+		key string
+		err error
+	}
+	dec := make([]decoded, len(br.Messages))
 	src = src.once()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(br.Messages)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(br.Messages); i = int(next.Add(1) - 1) {
+				d := &dec[i]
+				d.e, d.key, d.err = decodeItem(br.Messages[i], def, lim, maxItemBytes, now, src)
+			}
+		})
+	}
+	wg.Wait()
+	seen := map[string]int{}
 	for i, raw := range br.Messages {
 		label := "Messages[" + strconv.Itoa(i) + "]"
 		out.results[i].Index = i
-		e, key, err := decodeItem(raw, def, lim, maxItemBytes, now, src)
+		e, key, err := dec[i].e, dec[i].key, dec[i].err
 		var ue *sourceError
 		if errors.As(err, &ue) {
 			return nil, ue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/sendq/sendq/queue"
 	"github.com/sendq/sendq/templates"
@@ -33,24 +34,30 @@ func (a *API) templateSource(ctx context.Context, key *APIKey) templateSource {
 }
 
 // once is src reading each name and version once: a batch's messages
-// share what the first found, the same version for all of them.
+// share what the first found, the same version for all of them. It is
+// safe for concurrent use.
 func (src templateSource) once() templateSource {
 	if src == nil {
 		return nil
 	}
 	type result struct {
-		v   *templates.Version
-		err error
+		once sync.Once
+		v    *templates.Version
+		err  error
 	}
-	seen := map[string]result{}
+	var mu sync.Mutex
+	seen := map[string]*result{}
 	return func(name string, n int) (*templates.Version, error) {
 		k := name + "\x00" + strconv.Itoa(n)
-		if r, ok := seen[k]; ok {
-			return r.v, r.err
+		mu.Lock()
+		r, ok := seen[k]
+		if !ok {
+			r = &result{}
+			seen[k] = r
 		}
-		v, err := src(name, n)
-		seen[k] = result{v, err}
-		return v, err
+		mu.Unlock()
+		r.once.Do(func() { r.v, r.err = src(name, n) })
+		return r.v, r.err
 	}
 }
 

@@ -13,8 +13,8 @@ import (
 // objects as map[string]any, arrays as []any, strings, booleans, an
 // integer as int64 when it fits (so that {{.OrderNo}} is 12345678, not
 // 1.2345678e+07), any other number as float64. A null member is left
-// out: to a template it is missing, never an empty string. Raw null or
-// empty is nil.
+// out: to a template it is missing, never an empty string; a null in an
+// array is an error. Raw null or empty is nil.
 func DecodeData(raw jsontext.Value) (map[string]any, error) {
 	if len(raw) == 0 {
 		return nil, nil
@@ -85,6 +85,11 @@ func readValue(dec *jsontext.Decoder, depth int) (any, error) {
 			v, err := readValue(dec, depth+1)
 			if err != nil {
 				return nil, err
+			}
+			if v == nil {
+				// A member can be left out; an element cannot, and a
+				// template would print it as nothing.
+				return nil, errors.New("an array must not hold null")
 			}
 			a = append(a, v)
 		}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	texttemplate "text/template"
+	"text/template/parse"
 )
 
 // Parts of a template, as errors and the API name them.
@@ -86,17 +87,22 @@ func Parse(src Source) (*Parsed, error) {
 	}
 	p := &Parsed{src: src}
 	var err error
-	if p.subject, err = texttemplate.New(PartSubject).Option("missingkey=error").Parse(src.Subject); err != nil {
+	if p.subject, err = texttemplate.New(PartSubject).Option("missingkey=error").Funcs(textFuncs).Parse(src.Subject); err != nil {
 		return nil, parseError(PartSubject, err)
 	}
+	guardText(p.subject)
 	if src.Text != "" {
-		if p.text, err = texttemplate.New(PartText).Option("missingkey=error").Parse(src.Text); err != nil {
+		if p.text, err = texttemplate.New(PartText).Option("missingkey=error").Funcs(textFuncs).Parse(src.Text); err != nil {
 			return nil, parseError(PartText, err)
 		}
+		guardText(p.text)
 	}
 	if src.Html != "" {
-		if p.html, err = htmltemplate.New(PartHtml).Option("missingkey=error").Parse(src.Html); err != nil {
+		if p.html, err = htmltemplate.New(PartHtml).Option("missingkey=error").Funcs(htmltemplate.FuncMap(textFuncs)).Parse(src.Html); err != nil {
 			return nil, parseError(PartHtml, err)
+		}
+		for _, t := range p.html.Templates() {
+			guardRanges(t.Tree)
 		}
 		// html/template escapes (and finds what it cannot escape, such as
 		// an action inside an unquoted attribute name) at the first
@@ -110,4 +116,97 @@ func Parse(src Source) (*Parsed, error) {
 		}
 	}
 	return p, nil
+}
+
+// textFuncs replace the builtins that would give nothing for a value
+// that is not there: index of a missing key is an error, as .M.k is.
+var textFuncs = texttemplate.FuncMap{"index": strictIndex, rangeGuard: guardRange}
+
+// rangeGuard is the function every {{range}} pipeline ends in (see
+// guardRanges).
+const rangeGuard = "sendqRange"
+
+// maxRangeInt bounds {{range N}} over an integer from the data: Go
+// templates count to N, and with an empty body nothing else (not even
+// MaxOutput) would stop a count to 1e18.
+const maxRangeInt = 1000
+
+func guardRange(v any) (any, error) {
+	if n, ok := v.(int64); ok && (n < 0 || n > maxRangeInt) {
+		return nil, fmt.Errorf("range over the number %d: at most %d", n, maxRangeInt)
+	}
+	return v, nil
+}
+
+// guardRanges makes every {{range X}} of the trees read {{range X |
+// sendqRange}}.
+func guardRanges(trees ...*parse.Tree) {
+	var walk func(n parse.Node)
+	walk = func(n parse.Node) {
+		switch n := n.(type) {
+		case *parse.ListNode:
+			if n == nil {
+				return
+			}
+			for _, c := range n.Nodes {
+				walk(c)
+			}
+		case *parse.IfNode:
+			walk(n.List)
+			walk(n.ElseList)
+		case *parse.WithNode:
+			walk(n.List)
+			walk(n.ElseList)
+		case *parse.RangeNode:
+			// As html/template adds its escapers to a pipeline.
+			n.Pipe.Cmds = append(n.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: n.Pos,
+				Args: []parse.Node{parse.NewIdentifier(rangeGuard).SetTree(nil).SetPos(n.Pos)}})
+			walk(n.List)
+			walk(n.ElseList)
+		}
+	}
+	for _, t := range trees {
+		if t != nil && t.Root != nil {
+			walk(t.Root)
+		}
+	}
+}
+
+// strictIndex is text/template's index for the values DecodeData makes:
+// a missing map key, an index out of range or a value that cannot be
+// indexed is an error.
+func strictIndex(item any, keys ...any) (any, error) {
+	v := item
+	for _, k := range keys {
+		switch c := v.(type) {
+		case map[string]any:
+			s, ok := k.(string)
+			if !ok {
+				return nil, fmt.Errorf("the key of a map must be a string, not %v", k)
+			}
+			x, ok := c[s]
+			if !ok {
+				return nil, fmt.Errorf("map has no entry for key %q", s)
+			}
+			v = x
+		case []any:
+			i, ok := k.(int64)
+			if n, isInt := k.(int); isInt {
+				i, ok = int64(n), true
+			}
+			if !ok || i < 0 || i >= int64(len(c)) {
+				return nil, fmt.Errorf("index %v out of range (%d elements)", k, len(c))
+			}
+			v = c[i]
+		default:
+			return nil, fmt.Errorf("cannot index a %T", v)
+		}
+	}
+	return v, nil
+}
+
+func guardText(t *texttemplate.Template) {
+	for _, d := range t.Templates() {
+		guardRanges(d.Tree)
+	}
 }

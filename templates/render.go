@@ -52,6 +52,8 @@ const noValue = "<no value>"
 var (
 	// missingKey is text/template's error for a map without the key.
 	missingKey = regexp.MustCompile(`at <(\$?\.[^>]*)>: map has no entry for key "([^"]*)"`)
+	// indexMissing is strictIndex's error for a map without the key.
+	indexMissing = regexp.MustCompile(`at <index (\$?\.[^ >]*)[^>]*>: error calling index: map has no entry for key "([^"]*)"`)
 	// atExpr is the expression an execution error is about.
 	atExpr = regexp.MustCompile(`executing "[^"]*" at <([^>]*)>: (.*)$`)
 )
@@ -67,19 +69,19 @@ func (p *Parsed) Render(data map[string]any) (Rendered, error) {
 		data = map[string]any{}
 	}
 	var err error
-	if out.Subject, err = run(PartSubject, p.subject.Execute, data, p.src.Subject); err != nil {
+	if out.Subject, err = run(PartSubject, p.subject.Execute, data, p.src.Subject, len(p.src.Subject)); err != nil {
 		return out, err
 	}
 	if hasControl(out.Subject) {
 		return out, &DataError{Part: PartSubject, Message: "the rendered Subject contains a control character (CR, LF, tab, NUL or another); a header cannot carry it"}
 	}
 	if p.html != nil {
-		if out.Html, err = run(PartHtml, p.html.Execute, data, ""); err != nil {
+		if out.Html, err = run(PartHtml, p.html.Execute, data, "", len(p.src.Html)); err != nil {
 			return out, err
 		}
 	}
 	if p.text != nil {
-		if out.Text, err = run(PartText, p.text.Execute, data, p.src.Text); err != nil {
+		if out.Text, err = run(PartText, p.text.Execute, data, p.src.Text, len(p.src.Text)); err != nil {
 			return out, err
 		}
 	}
@@ -88,9 +90,11 @@ func (p *Parsed) Render(data map[string]any) (Rendered, error) {
 
 // run executes one part. src is the text/template source of the part, to
 // tell a "<no value>" it wrote itself from one written for a missing value
-// ("" for html/template, which writes nothing for one).
-func run(part string, exec func(io.Writer, any) error, data map[string]any, src string) (string, error) {
+// ("" for html/template, which writes nothing for one); size is the
+// source's, about what the output takes.
+func run(part string, exec func(io.Writer, any) error, data map[string]any, src string, size int) (string, error) {
 	var buf bytes.Buffer
+	buf.Grow(size + size/8 + 64)
 	if err := exec(&limited{w: &buf, n: MaxOutput}, data); err != nil {
 		return "", execError(part, err)
 	}
@@ -109,8 +113,20 @@ func execError(part string, err error) error {
 	if m := missingKey.FindStringSubmatch(msg); m != nil {
 		return &MissingError{Part: part, Name: dataPath(m[1])}
 	}
+	if m := indexMissing.FindStringSubmatch(msg); m != nil {
+		return &MissingError{Part: part, Name: strings.TrimPrefix(dataPath(m[1])+"."+m[2], ".")}
+	}
 	if m := atExpr.FindStringSubmatch(msg); m != nil {
-		return &DataError{Part: part, Message: fmt.Sprintf("%s: %s", strings.TrimPrefix(strings.TrimPrefix(m[1], "$"), "."), m[2])}
+		expr, why := m[1], m[2]
+		if _, rest, ok := strings.Cut(why, "error calling "); ok {
+			if _, r, ok := strings.Cut(rest, ": "); ok {
+				why = r
+			}
+		}
+		if strings.Contains(expr, rangeGuard) {
+			return &DataError{Part: part, Message: why}
+		}
+		return &DataError{Part: part, Message: dataPath(expr) + ": " + why}
 	}
 	if i := strings.LastIndex(msg, ": "); i >= 0 {
 		msg = msg[i+2:]

@@ -58,7 +58,7 @@ func TestRenderMissing(t *testing.T) {
 		{`{"Name":null}`, "Subject", "Name"},
 		{`{"Name":"x","Order":{}}`, "Html", "Order.Total"},
 		{`{"Name":"x","Order":{"Total":null},"M":{}}`, "Html", "Order.Total"},
-		{`{"Name":"x","Order":{"Total":1},"M":{}}`, "Text", ""},
+		{`{"Name":"x","Order":{"Total":1},"M":{}}`, "Html", "M.k"},
 	} {
 		_, err := p.Render(data(t, c.data))
 		var me *MissingError
@@ -106,7 +106,7 @@ func TestParseError(t *testing.T) {
 }
 
 func TestDecodeData(t *testing.T) {
-	d := data(t, `{"i":12345678901,"f":1.5,"n":null,"a":[1,null],"o":{"x":null,"y":true}}`)
+	d := data(t, `{"i":12345678901,"f":1.5,"n":null,"a":[1],"o":{"x":null,"y":true}}`)
 	if d["i"] != int64(12345678901) || d["f"] != 1.5 {
 		t.Errorf("numbers = %#v %#v", d["i"], d["f"])
 	}
@@ -119,7 +119,23 @@ func TestDecodeData(t *testing.T) {
 	if _, err := DecodeData([]byte(`{"big":1e400}`)); err == nil {
 		t.Error("DecodeData(1e400) = nil error; want out of range")
 	}
+	if _, err := DecodeData([]byte(`{"a":[1,null]}`)); err == nil {
+		t.Error("DecodeData(null in an array) = nil error")
+	}
 	if _, err := DecodeData([]byte(`[1]`)); err == nil {
 		t.Error("DecodeData([1]) = nil error; want must be an object")
+	}
+}
+
+// {{range N}} over a number from the data is bounded: an empty body
+// would otherwise count to 1e18 with nothing to stop it.
+func TestRenderRangeOverNumber(t *testing.T) {
+	p := mustParse(t, Source{Subject: "s", Html: "{{range .N}}{{end}}<p>{{range $i, $x := .L}}{{$i}}{{$x}}{{end}}</p>", Text: "{{range .N}}.{{end}}"})
+	if _, err := p.Render(map[string]any{"N": int64(1e18), "L": []any{"a"}}); err == nil {
+		t.Fatal("range over 1e18 rendered")
+	}
+	got, err := p.Render(map[string]any{"N": int64(3), "L": []any{"a", "b"}})
+	if err != nil || got.Html != "<p>0a1b</p>" || got.Text != "..." {
+		t.Errorf("Render = %+v, %v; want the small ranges as Go templates run them", got, err)
 	}
 }
