@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -17,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sendq/sendq/bulk"
+	"github.com/sendq/sendq/client"
 	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/internal/smtptest"
@@ -545,5 +548,38 @@ func TestSendInterruptedThenRerun(t *testing.T) {
 	copies := waitCopies(t, sink, rows)
 	if len(copies) != rows || len(sink.Messages()) != rows {
 		t.Errorf("%d messages to %d recipients; want %d, one each", len(sink.Messages()), len(copies), rows)
+	}
+}
+
+// bulk.Run in process: a batch larger than the API key's rate limit lets
+// in at once is refused 429 every time; the run gives up after
+// RateLimitPatience and says why, instead of waiting forever.
+func TestRunGivesUpOnABatchOverTheRateLimit(t *testing.T) {
+	t.Parallel()
+	base, _ := sendServer(t, "SENDQ_RATE_PER_KEY=20/s")
+	c, err := client.New(base, sendKey, client.WithRetries(1), client.WithBackoff(50*time.Millisecond, 100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	sum, err := bulk.Run(ctx, bulk.Config{Client: c, File: jsonlRows(t, 60, nil), From: "shop@example.com", BatchSize: 30, Parallel: 1,
+		RateLimitWait: 100 * time.Millisecond, RateLimitPatience: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.OK() || sum.Accepted != 0 || sum.NotSent != 60 || sum.Err == nil || !strings.Contains(sum.Err.Error(), "try a smaller -batch") {
+		t.Errorf("Run = %+v; want nothing sent and the advice of a smaller -batch", sum)
+	}
+	if el := time.Since(start); el < 2*time.Second {
+		t.Errorf("Run gave up after %s; want RateLimitPatience (2s) of 429s first", el)
+	}
+	// Batches within the limit pass.
+	sum, err = bulk.Run(ctx, bulk.Config{Client: c, File: jsonlRows(t, 60, nil), From: "shop@example.com", BatchSize: 15, Parallel: 2,
+		RateLimitWait: 100 * time.Millisecond})
+	if err != nil || !sum.OK() || sum.Accepted != 60 {
+		t.Errorf("Run with batches of 15 = %+v, %v; want 60 accepted", sum, err)
 	}
 }
