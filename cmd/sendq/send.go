@@ -57,11 +57,6 @@ func parseSend(args []string, getenv func(string) string, stderr io.Writer) (*se
 	if target == "" {
 		target = "http://127.0.0.1:8080"
 	}
-	key := getenv("SENDQ_API_KEY")
-	if key == "" {
-		first, _, _ := strings.Cut(getenv("SENDQ_API_KEYS"), ",")
-		key, _, _ = strings.Cut(strings.TrimSpace(first), ":")
-	}
 	b := &o.bulk
 	fs.StringVar(&b.File, "file", "", "the rows: a CSV file with a header, or one batch item per line in a .jsonl file (required)")
 	fs.StringVar(&b.Template, "template", "", "the template of every row (required for a CSV file)")
@@ -73,11 +68,19 @@ func parseSend(args []string, getenv func(string) string, stderr io.Writer) (*se
 	fs.StringVar(&b.Rejects, "rejects", "", "write each rejected row (line, field, code, message) to this CSV file")
 	fs.StringVar(&b.Run, "run", "", "a label mixed into the Idempotency-Keys: give a new one to send the same file again on purpose")
 	fs.StringVar(&o.target, "target", target, "base URL of the sendq (env SENDQ_TARGET)")
-	fs.StringVar(&o.apiKey, "api-key", key, "API key (env SENDQ_API_KEY, else the first of SENDQ_API_KEYS)")
+	// The key's default is applied after parsing: -h must not print it.
+	fs.StringVar(&o.apiKey, "api-key", "", "API key (env SENDQ_API_KEY, else the first of SENDQ_API_KEYS)")
 	fs.DurationVar(&b.ProgressEvery, "progress-interval", 2*time.Second, "how often a progress line is written when stderr is not a terminal")
 	fs.IntVar(&o.retries, "retries", 10, "tries again of a batch after a lost answer, 502, 503 or 504, with the same key")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.apiKey == "" {
+		o.apiKey = getenv("SENDQ_API_KEY")
+	}
+	if o.apiKey == "" {
+		first, _, _ := strings.Cut(getenv("SENDQ_API_KEYS"), ",")
+		o.apiKey, _, _ = strings.Cut(strings.TrimSpace(first), ":")
 	}
 	var errs []string
 	if fs.NArg() > 0 {

@@ -7,6 +7,7 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -393,12 +394,51 @@ func TestSendBadInput(t *testing.T) {
 	}
 }
 
-// -h prints the usage and exits 0.
+// -h prints the usage and exits 0, without the API key of the
+// environment (runSend sets SENDQ_API_KEY).
 func TestSendHelp(t *testing.T) {
 	t.Parallel()
 	r := runSend(t, "http://127.0.0.1:1", "-h")
 	if r.code != 0 || !strings.Contains(r.stderr, "Safe to re-run") || !strings.Contains(r.stderr, "-rejects") {
 		t.Errorf("sendq send -h: exit %d\n%s", r.code, r.stderr)
+	}
+	if strings.Contains(r.stderr, sendKey) {
+		t.Errorf("sendq send -h prints the API key:\n%s", r.stderr)
+	}
+}
+
+// parseSend: the flags win over their environment twins; the key comes
+// from SENDQ_API_KEY, else the first of SENDQ_API_KEYS (without its From
+// limits).
+func TestParseSend(t *testing.T) {
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	for _, tc := range []struct {
+		name        string
+		args        []string
+		env         map[string]string
+		target, key string
+	}{
+		{"defaults", []string{"-file", "x.jsonl"}, nil, "http://127.0.0.1:8080", ""},
+		{"env", []string{"-file", "x.jsonl"}, map[string]string{"SENDQ_TARGET": "https://sendq.example", "SENDQ_API_KEY": "k-env-000"}, "https://sendq.example", "k-env-000"},
+		{"keys", []string{"-file", "x.jsonl"}, map[string]string{"SENDQ_API_KEYS": " k-first-0:@a.com, k-second"}, "http://127.0.0.1:8080", "k-first-0"},
+		{"flags", []string{"-file", "x.jsonl", "-target", "http://h:1", "-api-key", "k-flag-00"},
+			map[string]string{"SENDQ_TARGET": "https://sendq.example", "SENDQ_API_KEY": "k-env-000"}, "http://h:1", "k-flag-00"},
+	} {
+		o, err := parseSend(tc.args, env(tc.env), io.Discard)
+		if err != nil {
+			t.Errorf("%s: parseSend = %v", tc.name, err)
+			continue
+		}
+		if o.target != tc.target || o.apiKey != tc.key {
+			t.Errorf("%s: target %q, key %q; want %q, %q", tc.name, o.target, o.apiKey, tc.target, tc.key)
+		}
+	}
+	for _, args := range [][]string{
+		{"-file", "x.jsonl", "-batch", "0"}, {"-file", "x.jsonl", "-target", "ftp://h"}, {"-file", "x.jsonl", "extra"}, {"-file", "rows.csv"},
+	} {
+		if _, err := parseSend(args, env(nil), io.Discard); err == nil {
+			t.Errorf("parseSend(%q) = nil error; want one", args)
+		}
 	}
 }
 
