@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/term"
+	"github.com/mattn/go-isatty"
 
 	"github.com/sendq/sendq/bulk"
 	"github.com/sendq/sendq/client"
@@ -128,7 +128,7 @@ func sendMain(ctx context.Context, args []string, getenv func(string) string, st
 	cfg := o.bulk
 	cfg.Client, cfg.Progress = c, stderr
 	if f, ok := stderr.(*os.File); ok {
-		cfg.Terminal = term.IsTerminal(int(f.Fd()))
+		cfg.Terminal = isatty.IsTerminal(f.Fd())
 	}
 	sum, err := bulk.Run(ctx, cfg)
 	if err != nil {
