@@ -226,7 +226,7 @@ func checkTemplate(ctx context.Context, cfg Config) error {
 	if cfg.Template == "" {
 		return nil
 	}
-	_, err := cfg.Client.Template(ctx, cfg.Template, cfg.TemplateVersion)
+	_, err := cfg.Client.GetTemplate(ctx, cfg.Template, cfg.TemplateVersion)
 	var ae *client.APIError
 	switch {
 	case err == nil:

@@ -34,16 +34,18 @@ type TemplateBody struct {
 	Version   int       `json:"version"`
 	CreatedAt time.Time `json:"created_at"`
 	Subject   string    `json:"subject"`
-	Html      string    `json:"html,omitempty"`
-	Text      string    `json:"text,omitempty"`
+	Html      string    `json:"html"`
+	Text      string    `json:"text"`
 }
 
-// TemplateRendered is the body of the render routes' 200.
+// TemplateRendered is the body of the render routes' 200: html or text
+// empty when the template has no such part. Version is absent for a
+// draft.
 type TemplateRendered struct {
 	Version int    `json:"version,omitempty"`
 	Subject string `json:"subject"`
-	Html    string `json:"html,omitempty"`
-	Text    string `json:"text,omitempty"`
+	Html    string `json:"html"`
+	Text    string `json:"text"`
 }
 
 // TemplateDeleted is the body of DELETE /v1/templates/{name}.
