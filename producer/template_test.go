@@ -94,6 +94,7 @@ func TestTemplatedSendErrors(t *testing.T) {
 		{`{` + base + `, "Template": "order-shipped", "TemplateData": [1]}`, "invalid_field", "TemplateData"},
 		{`{` + base + `, "Template": "order-shipped", "TemplateVersion": "1"}`, "invalid_field", "TemplateVersion"},
 		{`{` + base + `, "Template": "order-shipped", "TemplateData": {"FirstName": "A\r\nBcc: x@evil.example", "OrderNo": 1, "Link": "x"}}`, "invalid_field", "TemplateData"},
+		{`{` + base + `, "Template": "order-shipped", "TemplateData": {"FirstName": "` + strings.Repeat("x", 1000) + `", "OrderNo": 1, "Link": "x"}}`, "invalid_field", "TemplateData"},
 	} {
 		r := b.do(t, "POST", "/v1/emails", c.body, nil)
 		if code, field := errField(r); r.code != 400 || code != c.code || field != c.field {
