@@ -70,6 +70,12 @@ func (r *request) emailFrom(lim Limits, src templateSource) (*queue.Email, error
 		return nil, err
 	}
 	e, err := rr.email(lim)
+	var fe *FieldError
+	if v != nil && errors.As(err, &fe) && (fe.Field == "Subject" || fe.Field == "Body") {
+		// The caller gave neither: what was rendered from TemplateData is
+		// at fault.
+		return nil, &FieldError{Field: "TemplateData", Code: fe.Code, Message: "the rendered " + fe.Field + " " + fe.Message}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sendq/sendq/internal/apitest"
 	"github.com/sendq/sendq/producer"
@@ -93,6 +94,7 @@ func TestTemplatedSendErrors(t *testing.T) {
 		{`{` + base + `, "Template": "order-shipped", "TemplateData": [1]}`, "invalid_field", "TemplateData"},
 		{`{` + base + `, "Template": "order-shipped", "TemplateVersion": "1"}`, "invalid_field", "TemplateVersion"},
 		{`{` + base + `, "Template": "order-shipped", "TemplateData": {"FirstName": "A\r\nBcc: x@evil.example", "OrderNo": 1, "Link": "x"}}`, "invalid_field", "TemplateData"},
+		{`{` + base + `, "Template": "order-shipped", "TemplateData": {"FirstName": "` + strings.Repeat("x", 1000) + `", "OrderNo": 1, "Link": "x"}}`, "invalid_field", "TemplateData"},
 	} {
 		r := b.do(t, "POST", "/v1/emails", c.body, nil)
 		if code, field := errField(r); r.code != 400 || code != c.code || field != c.field {
@@ -236,5 +238,31 @@ func TestTemplateRoutes(t *testing.T) {
 	r = do("PUT", "/v1/templates/welcome", `{"Subject": "again", "Text": "again"}`, acme, 201)
 	if r.body["version"] != float64(2) {
 		t.Errorf("PUT after delete = %s; want version 2", r.raw)
+	}
+}
+
+// With Redis gone, a templated send, a batch and the template routes are
+// 503 queue_unavailable (nothing queued, never a 400 or a 500), even for
+// a template this API process has cached.
+func TestTemplatesRedisDown(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, func(c *producer.Config) { c.RedisTimeout = 500 * time.Millisecond })
+	if r := b.do(t, "PUT", "/v1/templates/welcome", `{"Subject": "Hi {{.N}}", "Text": "t"}`, nil); r.code != 201 {
+		t.Fatalf("PUT = %d %s", r.code, r.raw)
+	}
+	b.redis.Stop()
+	for _, c := range []struct{ method, path, body string }{
+		{"POST", "/v1/emails", `{"From": "a@example.com", "To": "b@example.com", "Template": "welcome", "TemplateData": {"N": 1}}`},
+		{"POST", "/v1/emails/batch", `{"Defaults": {"From": "a@example.com", "Template": "welcome"}, "Messages": [{"To": "b@example.com", "TemplateData": {"N": 1}}]}`},
+		{"POST", "/v1/templates/welcome/render", `{"TemplateData": {"N": 1}}`},
+		{"PUT", "/v1/templates/welcome", `{"Subject": "x", "Text": "y"}`},
+		{"GET", "/v1/templates", ""},
+		{"GET", "/v1/templates/welcome", ""},
+		{"DELETE", "/v1/templates/welcome", ""},
+	} {
+		r := b.do(t, c.method, c.path, c.body, nil)
+		if code, _ := errField(r); r.code != http.StatusServiceUnavailable || code != "queue_unavailable" || r.header.Get("Retry-After") == "" {
+			t.Errorf("%s %s with Redis down = %d %s; want 503 queue_unavailable with Retry-After", c.method, c.path, r.code, r.raw)
+		}
 	}
 }

@@ -90,19 +90,28 @@ func Parse(src Source) (*Parsed, error) {
 	if p.subject, err = texttemplate.New(PartSubject).Option("missingkey=error").Funcs(textFuncs).Parse(src.Subject); err != nil {
 		return nil, parseError(PartSubject, err)
 	}
-	guardText(p.subject)
+	if err := guardText(PartSubject, p.subject); err != nil {
+		return nil, err
+	}
 	if src.Text != "" {
 		if p.text, err = texttemplate.New(PartText).Option("missingkey=error").Funcs(textFuncs).Parse(src.Text); err != nil {
 			return nil, parseError(PartText, err)
 		}
-		guardText(p.text)
+		if err := guardText(PartText, p.text); err != nil {
+			return nil, err
+		}
 	}
 	if src.Html != "" {
 		if p.html, err = htmltemplate.New(PartHtml).Option("missingkey=error").Funcs(htmltemplate.FuncMap(textFuncs)).Parse(src.Html); err != nil {
 			return nil, parseError(PartHtml, err)
 		}
-		for _, t := range p.html.Templates() {
-			guardRanges(t.Tree)
+		for _, d := range p.html.Templates() {
+			if d.Name() != PartHtml {
+				return nil, &ParseError{Part: PartHtml, Line: 1, Message: noDefine}
+			}
+		}
+		if err := guardRanges(PartHtml, p.html.Tree); err != nil {
+			return nil, err
 		}
 		// html/template escapes (and finds what it cannot escape, such as
 		// an action inside an unquoted attribute name) at the first
@@ -126,50 +135,94 @@ var textFuncs = texttemplate.FuncMap{"index": strictIndex, rangeGuard: guardRang
 // guardRanges).
 const rangeGuard = "sendqRange"
 
-// maxRangeInt bounds {{range N}} over an integer from the data: Go
-// templates count to N, and with an empty body nothing else (not even
-// MaxOutput) would stop a count to 1e18.
-const maxRangeInt = 1000
+// Bounds on ranges. A template's work must stay bounded by its data:
+// Go templates count {{range N}} to N (1e18 with an empty body, which
+// nothing, not even MaxOutput, would stop), and nested ranges multiply.
+// So a range goes over at most maxRangeLen elements (or to that
+// number), ranges nest at most maxRangeDepth deep, and {{define}},
+// {{template}} and {{block}} (which could nest them without bound) are
+// refused: at most 1,000,000 iterations a part.
+const (
+	maxRangeLen   = 1000
+	maxRangeDepth = 2
+)
+
+const noDefine = "{{define}}, {{template}} and {{block}} are not supported: each part is one template"
 
 func guardRange(v any) (any, error) {
-	if n, ok := v.(int64); ok && (n < 0 || n > maxRangeInt) {
-		return nil, fmt.Errorf("range over the number %d: at most %d", n, maxRangeInt)
+	n := -1
+	switch c := v.(type) {
+	case int64:
+		if c < 0 || c > maxRangeLen {
+			return nil, fmt.Errorf("range over the number %d: at most %d", c, maxRangeLen)
+		}
+	case []any:
+		n = len(c)
+	case map[string]any:
+		n = len(c)
+	}
+	if n > maxRangeLen {
+		return nil, fmt.Errorf("range over %d elements: at most %d", n, maxRangeLen)
 	}
 	return v, nil
 }
 
-// guardRanges makes every {{range X}} of the trees read {{range X |
-// sendqRange}}.
-func guardRanges(trees ...*parse.Tree) {
-	var walk func(n parse.Node)
-	walk = func(n parse.Node) {
+// guardRanges makes every {{range X}} of tree read {{range X |
+// sendqRange}}, and refuses ranges nested deeper than maxRangeDepth and
+// {{template}} (a *ParseError for part).
+func guardRanges(part string, tree *parse.Tree) error {
+	var walk func(n parse.Node, depth int) error
+	walk = func(n parse.Node, depth int) error {
 		switch n := n.(type) {
 		case *parse.ListNode:
 			if n == nil {
-				return
+				return nil
 			}
 			for _, c := range n.Nodes {
-				walk(c)
+				if err := walk(c, depth); err != nil {
+					return err
+				}
 			}
 		case *parse.IfNode:
-			walk(n.List)
-			walk(n.ElseList)
+			return errors.Join(walk(n.List, depth), walk(n.ElseList, depth))
 		case *parse.WithNode:
-			walk(n.List)
-			walk(n.ElseList)
+			return errors.Join(walk(n.List, depth), walk(n.ElseList, depth))
+		case *parse.TemplateNode:
+			return &ParseError{Part: part, Line: lineOf(tree, n), Message: noDefine}
 		case *parse.RangeNode:
+			if depth >= maxRangeDepth {
+				return &ParseError{Part: part, Line: lineOf(tree, n), Message: fmt.Sprintf("{{range}} nested more than %d deep", maxRangeDepth)}
+			}
 			// As html/template adds its escapers to a pipeline.
 			n.Pipe.Cmds = append(n.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: n.Pos,
 				Args: []parse.Node{parse.NewIdentifier(rangeGuard).SetTree(nil).SetPos(n.Pos)}})
-			walk(n.List)
-			walk(n.ElseList)
+			return errors.Join(walk(n.List, depth+1), walk(n.ElseList, depth))
+		}
+		return nil
+	}
+	if tree == nil || tree.Root == nil {
+		return nil
+	}
+	if err := walk(tree.Root, 0); err != nil {
+		var pe *ParseError
+		if errors.As(err, &pe) {
+			return pe // the first, not the join
+		}
+		return err
+	}
+	return nil
+}
+
+func lineOf(tree *parse.Tree, n parse.Node) int {
+	loc, _ := tree.ErrorContext(n)
+	// loc is "name:line:col".
+	parts := strings.Split(loc, ":")
+	if len(parts) >= 3 {
+		if l, err := strconv.Atoi(parts[len(parts)-2]); err == nil {
+			return l
 		}
 	}
-	for _, t := range trees {
-		if t != nil && t.Root != nil {
-			walk(t.Root)
-		}
-	}
+	return 1
 }
 
 // strictIndex is text/template's index for the values DecodeData makes:
@@ -205,8 +258,11 @@ func strictIndex(item any, keys ...any) (any, error) {
 	return v, nil
 }
 
-func guardText(t *texttemplate.Template) {
+func guardText(part string, t *texttemplate.Template) error {
 	for _, d := range t.Templates() {
-		guardRanges(d.Tree)
+		if d.Name() != part {
+			return &ParseError{Part: part, Line: 1, Message: noDefine}
+		}
 	}
+	return guardRanges(part, t.Tree)
 }

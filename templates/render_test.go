@@ -95,6 +95,10 @@ func TestParseError(t *testing.T) {
 		{Source{Subject: "s", Text: "a\n{{.A}\n"}, "Text", 2},
 		{Source{Subject: "s", Html: "<p>\n{{if .A}}<a href=\"{{end}}x\">"}, "Html", 2},
 		{Source{Subject: "", Text: "x"}, "Subject", 1},
+		{Source{Subject: "s", Text: "a\n{{range .A}}{{range .}}\n{{range .}}x{{end}}{{end}}{{end}}"}, "Text", 3},
+		{Source{Subject: "s", Html: "<p>\n{{template \"x\" .}}</p>"}, "Html", 2},
+		{Source{Subject: `{{define "x"}}y{{end}}s`, Text: "t"}, "Subject", 1},
+		{Source{Subject: "s", Text: `{{block "b" .}}x{{end}}`}, "Text", 1},
 		{Source{Subject: "s"}, "Html", 1},
 	} {
 		_, err := Parse(c.src)
@@ -134,8 +138,23 @@ func TestRenderRangeOverNumber(t *testing.T) {
 	if _, err := p.Render(map[string]any{"N": int64(1e18), "L": []any{"a"}}); err == nil {
 		t.Fatal("range over 1e18 rendered")
 	}
+	long := make([]any, 1001)
+	for i := range long {
+		long[i] = "x"
+	}
+	if _, err := p.Render(map[string]any{"N": int64(1), "L": long}); err == nil {
+		t.Fatal("range over 1,001 elements rendered")
+	}
 	got, err := p.Render(map[string]any{"N": int64(3), "L": []any{"a", "b"}})
 	if err != nil || got.Html != "<p>0a1b</p>" || got.Text != "..." {
 		t.Errorf("Render = %+v, %v; want the small ranges as Go templates run them", got, err)
+	}
+}
+
+func TestRenderNestedRange(t *testing.T) {
+	p := mustParse(t, Source{Subject: "s", Text: "{{range .Orders}}{{.No}}:{{range .Lines}} {{.}}{{end}};{{end}}"})
+	got, err := p.Render(data(t, `{"Orders": [{"No": 1, "Lines": ["a", "b"]}, {"No": 2, "Lines": []}]}`))
+	if err != nil || got.Text != "1: a b;2:;" {
+		t.Errorf("Render = %q, %v; want two levels of range", got.Text, err)
 	}
 }
