@@ -3,6 +3,7 @@ package client_test
 import (
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,5 +60,47 @@ func TestSendBatch(t *testing.T) {
 	var ae *client.APIError
 	if !errors.As(err, &ae) || ae.Status != http.StatusBadRequest || res == nil || res.Accepted != 0 || res.Results[2].Error == nil {
 		t.Fatalf("strict SendBatch = %+v, %v; want a 400 APIError and the result naming the invalid message", res, err)
+	}
+}
+
+// A templated batch through the client: the defaults' TemplateData and
+// each message's merged, the email delivered rendered; a missing
+// variable named in the message's result.
+func TestSendTemplatedBatch(t *testing.T) {
+	t.Parallel()
+	s := newServer(t, nil)
+	c := newClient(t, s.URL, client.WithPollInterval(20*time.Millisecond, 200*time.Millisecond))
+	ctx := ctxFor(t, 30*time.Second)
+	v, err := c.PutTemplate(ctx, "order-shipped", client.Template{Subject: "Order {{.OrderNo}} for {{.FirstName}}", Text: "Track it: {{.Link}}"})
+	if err != nil || v.Version != 1 {
+		t.Fatalf("PutTemplate = %+v, %v", v, err)
+	}
+	_, err = c.PutTemplate(ctx, "broken", client.Template{Subject: "{{.A", Text: "t"})
+	var ae *client.APIError
+	if !errors.As(err, &ae) || ae.Code != "invalid_template" || ae.Field != "Subject" {
+		t.Errorf("PutTemplate(broken) = %v; want invalid_template on Subject", err)
+	}
+	res, err := c.SendBatch(ctx, client.Batch{
+		Defaults: client.Email{From: "shop@example.com", Template: "order-shipped", TemplateData: map[string]any{"Link": "https://example.com/t"}},
+		Messages: []client.BatchMessage{
+			{Email: client.Email{To: "ada@example.org", TemplateData: map[string]any{"FirstName": "Ada", "OrderNo": 1042}}},
+			{Email: client.Email{To: "bob@example.org", TemplateData: map[string]any{"FirstName": "Bob"}}},
+		},
+	})
+	if err != nil || res.Accepted != 1 {
+		t.Fatalf("SendBatch = %+v, %v; want 1 accepted", res, err)
+	}
+	if e := res.Results[1].Error; e == nil || e.Code != "missing_variable" || e.Field != "Messages[1].TemplateData.OrderNo" {
+		t.Errorf("result 1 = %+v; want missing_variable on Messages[1].TemplateData.OrderNo", res.Results[1])
+	}
+	if st, err := c.Wait(ctx, res.Results[0].ID); err != nil || st.Status != client.StateSent {
+		t.Fatalf("Wait = %+v, %v", st, err)
+	}
+	msgs := s.Sink.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("delivered %d messages; want 1", len(msgs))
+	}
+	if data := string(msgs[0].Data); !strings.Contains(data, "Subject: Order 1042 for Ada\r\n") || !strings.Contains(data, "Track it: https://example.com/t") {
+		t.Errorf("delivered %q; want the rendered subject and text", data)
 	}
 }

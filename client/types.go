@@ -33,6 +33,17 @@ type Email struct {
 	// Priority is "high", "normal" or "bulk" (a sendq extension); empty:
 	// normal for Send, bulk for a batch's messages.
 	Priority string `json:"Priority,omitempty"`
+	// Template names a stored template (PutTemplate) that makes Subject
+	// and Body from TemplateData at intake; leave Subject, Body and
+	// IsHtml empty with it. A sendq extension.
+	Template string `json:"Template,omitempty"`
+	// TemplateVersion pins a version of Template; zero: the current one.
+	TemplateVersion int `json:"TemplateVersion,omitempty"`
+	// TemplateData holds the template's variables. A variable the
+	// template uses and TemplateData lacks is an *APIError with Code
+	// missing_variable. In a batch, the defaults' and a message's are
+	// merged key by key, the message's winning.
+	TemplateData map[string]any `json:"TemplateData,omitempty"`
 }
 
 // Attachment is a file sent with an email, as the connector's attachments

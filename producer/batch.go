@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
@@ -78,7 +80,13 @@ type batchItems struct {
 // decodeBatch parses a batch body. A *FieldError is a fault of the whole
 // body (not JSON, an unknown member, a bad Defaults or Validation, no
 // messages, too many); a message's own faults are in its result.
-func decodeBatch(body []byte, lim Limits, maxBatch int, maxItemBytes int64, now time.Time) (*batchItems, error) {
+//
+// src finds the templates the messages name (nil: none can be used); a
+// batch reads each template version once, so every message naming the
+// same template gets the same version. An error of src that is not the
+// template's absence ends the decoding: it is returned as it is (Redis
+// failed), not as a *FieldError.
+func decodeBatch(body []byte, lim Limits, maxBatch int, maxItemBytes int64, now time.Time, src templateSource) (*batchItems, error) {
 	body = bytes.TrimSpace(body)
 	var br *batchRequest
 	if err := jsonv2.Unmarshal(body, &br, requestOptions); err != nil {
@@ -113,11 +121,36 @@ func decodeBatch(body []byte, lim Limits, maxBatch int, maxItemBytes int64, now 
 	out.emails = make([]*queue.Email, len(br.Messages))
 	out.idem = make([]string, len(br.Messages))
 	out.results = make([]BatchResult, len(br.Messages))
+	// The messages are decoded (and rendered) on every core; what one
+	// message says about another (a repeated IdempotencyKey) is checked
+	// after, in order.
+	type decoded struct {
+		e   *queue.Email
+		key string
+		err error
+	}
+	dec := make([]decoded, len(br.Messages))
+	src = src.once()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(br.Messages)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(br.Messages); i = int(next.Add(1) - 1) {
+				d := &dec[i]
+				d.e, d.key, d.err = decodeItem(br.Messages[i], def, lim, maxItemBytes, now, src)
+			}
+		})
+	}
+	wg.Wait()
 	seen := map[string]int{}
 	for i, raw := range br.Messages {
 		label := "Messages[" + strconv.Itoa(i) + "]"
 		out.results[i].Index = i
-		e, key, err := decodeItem(raw, def, lim, maxItemBytes, now)
+		e, key, err := dec[i].e, dec[i].key, dec[i].err
+		var ue *sourceError
+		if errors.As(err, &ue) {
+			return nil, ue
+		}
 		if err == nil && key != "" {
 			if j, dup := seen[key]; dup {
 				err = fieldErr("IdempotencyKey", "is the IdempotencyKey of Messages[%d] too", j)
@@ -128,7 +161,9 @@ func decodeBatch(body []byte, lim Limits, maxBatch int, maxItemBytes int64, now 
 			fe := asFieldError(err)
 			field := label
 			if fe.Field != "" {
-				if fromDefaults(def, raw, fe.Field) {
+				// A missing variable is the message's, wherever its
+				// other TemplateData came from.
+				if fe.Code != "missing_variable" && fromDefaults(def, raw, fe.Field) {
 					field = "Defaults." + fe.Field
 				} else {
 					field = label + "." + fe.Field
@@ -144,7 +179,7 @@ func decodeBatch(body []byte, lim Limits, maxBatch int, maxItemBytes int64, now 
 }
 
 // decodeItem decodes one message over the defaults.
-func decodeItem(raw jsontext.Value, def *request, lim Limits, maxBytes int64, now time.Time) (*queue.Email, string, error) {
+func decodeItem(raw jsontext.Value, def *request, lim Limits, maxBytes int64, now time.Time, src templateSource) (*queue.Email, string, error) {
 	if int64(len(raw)) > maxBytes {
 		return nil, "", &FieldError{Code: "body_too_large", Message: fmt.Sprintf("message is larger than %d bytes (the single-send limit)", maxBytes)}
 	}
@@ -159,7 +194,7 @@ func decodeItem(raw jsontext.Value, def *request, lim Limits, maxBytes int64, no
 	if key != "" && (len(key) > 255 || hasControl(key)) {
 		return nil, "", fieldErr("IdempotencyKey", "must be at most 255 printable characters")
 	}
-	e, err := merge(def, &it.request).email(lim)
+	e, err := merge(def, &it.request).emailFrom(lim, src)
 	if err == nil {
 		err = checkSendAt(e.SendAt, now, lim)
 	}
@@ -170,7 +205,8 @@ func decodeItem(raw jsontext.Value, def *request, lim Limits, maxBytes int64, no
 }
 
 // merge is item over def: each member the item gives replaces the
-// default's.
+// default's, but for TemplateData, whose members are merged one by one
+// (the item's winning, a null of its own included).
 func merge(def, item *request) *request {
 	out := *item
 	dv, ov := reflect.ValueOf(def).Elem(), reflect.ValueOf(&out).Elem()
@@ -179,7 +215,27 @@ func merge(def, item *request) *request {
 			f.Set(dv.Field(i))
 		}
 	}
+	if def.TemplateData != nil && item.TemplateData != nil {
+		out.TemplateData = mergeData(def.TemplateData, item.TemplateData)
+	}
 	return &out
+}
+
+// mergeData is item's members over def's. Either not an object (a fault
+// the decoding of TemplateData reports) is item as it is.
+func mergeData(def, item jsontext.Value) jsontext.Value {
+	var d, it map[string]jsontext.Value
+	if jsonv2.Unmarshal(def, &d) != nil || jsonv2.Unmarshal(item, &it) != nil || d == nil || it == nil {
+		return item
+	}
+	for k, v := range it {
+		d[k] = v
+	}
+	b, err := jsonv2.Marshal(d, jsonv2.Deterministic(true))
+	if err != nil {
+		return item
+	}
+	return b
 }
 
 // fromDefaults reports whether the member field (Attachments[0].FileName:
@@ -273,7 +329,7 @@ func batchDecodeError(body []byte, err error) *FieldError {
 // messages (nil where invalid) and one result per message, or a
 // *FieldError for the body as a whole. For the fuzz target and tests.
 func DecodeBatch(body []byte, lim Limits, maxBatch int) ([]*queue.Email, []BatchResult, error) {
-	b, err := decodeBatch(body, lim, maxBatch, 25<<20, time.Now())
+	b, err := decodeBatch(body, lim, maxBatch, 25<<20, time.Now(), nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -356,7 +412,12 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		batchID = uuid.Must(uuid.NewV7()).String()
 	}
 
-	b, err := decodeBatch(body, a.cfg.Limits, a.cfg.MaxBatch, a.cfg.MaxBodyBytes, now)
+	b, err := decodeBatch(body, a.cfg.Limits, a.cfg.MaxBatch, a.cfg.MaxBodyBytes, now, a.templateSource(ctx, key))
+	var se *sourceError
+	if errors.As(err, &se) {
+		a.unavailable(w, se.err)
+		return
+	}
 	if err != nil {
 		fe := asFieldError(err)
 		WriteError(w, http.StatusBadRequest, fe.Code, fe.Field, fe.Message)

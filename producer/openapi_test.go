@@ -41,6 +41,9 @@ func TestOpenAPIDocumentLoads(t *testing.T) {
 		{"POST", "/v1/emails"}, {"GET", "/v1/emails"}, {"GET", "/v1/emails/{id}"},
 		{"DELETE", "/v1/emails/{id}"}, {"POST", "/v1/emails/{id}/retry"},
 		{"POST", "/v1/emails/batch"}, {"GET", "/v1/batches/{id}"}, {"DELETE", "/v1/batches/{id}"},
+		{"PUT", "/v1/templates/{name}"}, {"GET", "/v1/templates"}, {"GET", "/v1/templates/{name}"},
+		{"GET", "/v1/templates/{name}/versions/{n}"}, {"DELETE", "/v1/templates/{name}"},
+		{"POST", "/v1/templates/{name}/render"}, {"POST", "/v1/templates/render"},
 		{"GET", "/healthz"}, {"GET", "/readyz"}, {"GET", "/metrics"}, {"GET", "/openapi.yaml"},
 	} {
 		item := doc.Paths.Find(op.path)

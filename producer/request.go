@@ -61,6 +61,13 @@ type request struct {
 	// pair by pair (metadata.go).
 	Metadata        jsontext.Value `json:",case:ignore"`
 	ListUnsubscribe *flexBool      `json:",case:ignore"` // unsubscribe.go
+	// Template names a stored template that makes Subject and Body from
+	// TemplateData, at TemplateVersion (default: the current one). See
+	// template.go. TemplateData is kept raw: a batch merges its defaults'
+	// and its message's key by key.
+	Template        *string        `json:",case:ignore"`
+	TemplateVersion *int           `json:",case:ignore"`
+	TemplateData    jsontext.Value `json:",case:ignore"`
 }
 
 // requestAttachment is one member of Attachments.
@@ -201,12 +208,15 @@ type Limits struct {
 // connector's V1, V2 and V3 bodies; field names match case-insensitively)
 // into an email ready to queue. It never changes what the caller asked
 // for: anything it cannot send as given is a *FieldError.
+//
+// A body naming a Template is refused here (unknown_template): only the
+// API, which reads the stored templates, renders one.
 func DecodeRequest(body []byte, lim Limits) (*queue.Email, error) {
 	r, err := decodeRequest(body)
 	if err != nil {
 		return nil, err
 	}
-	return r.email(lim)
+	return r.emailFrom(lim, nil)
 }
 
 // decodeRequest decodes body as the rules of request and requestOptions
@@ -417,6 +427,8 @@ func decodeError(body []byte, err error) *FieldError {
 			return fieldErr(field, "must be an array of objects")
 		case reflect.TypeFor[requestAttachment]():
 			return fieldErr(field, "must be a JSON object")
+		case reflect.TypeFor[int]():
+			return fieldErr(field, "must be a whole number")
 		}
 		return fieldErr(field, "must not be a JSON %s", sem.JSONKind)
 	}

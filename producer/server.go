@@ -25,6 +25,7 @@ import (
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/queue"
 	"github.com/sendq/sendq/suppression"
+	"github.com/sendq/sendq/templates"
 	"github.com/sendq/sendq/token"
 )
 
@@ -120,6 +121,7 @@ type API struct {
 	topo  *queue.Topology
 	log   *slog.Logger
 	m     *metrics.Metrics
+	tpl   *templates.Store
 	now   func() time.Time
 }
 
@@ -176,6 +178,7 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 		admin: &queue.Admin{Inspector: insp, Store: store, Topology: cfg.Topology},
 		rate:  redis_rate.NewLimiter(rdb),
 		topo:  cfg.Topology,
+		tpl:   templates.NewStore(rdb),
 		log:   cfg.Logger, m: cfg.Metrics, now: time.Now,
 	}, nil
 }
@@ -199,6 +202,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("GET /v1/suppressions/{address}", a.authorized(a.getSuppression))
 	mux.Handle("PUT /v1/suppressions/{address}", a.authorized(a.putSuppression))
 	mux.Handle("DELETE /v1/suppressions/{address}", a.authorized(a.deleteSuppression))
+	a.registerTemplates(mux)
 	// RFC 8058: the link itself is the credential (a signed token).
 	mux.HandleFunc("GET /v1/unsubscribe/{token}", a.unsubscribePage)
 	mux.HandleFunc("POST /v1/unsubscribe/{token}", a.unsubscribe)
@@ -272,9 +276,20 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		}
 		return
 	}
-	e, err := DecodeRequest(body, a.cfg.Limits)
+	var e *queue.Email
+	rq, err := decodeRequest(body)
+	if err == nil {
+		tctx, cancel := context.WithTimeout(r.Context(), a.cfg.RedisTimeout)
+		e, err = rq.emailFrom(a.cfg.Limits, a.templateSource(tctx, key))
+		cancel()
+	}
 	if err == nil {
 		err = checkSendAt(e.SendAt, a.now(), a.cfg.Limits)
+	}
+	var se *sourceError
+	if errors.As(err, &se) {
+		a.unavailable(w, se.err)
+		return
 	}
 	if err != nil {
 		var fe *FieldError

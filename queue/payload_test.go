@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	jsonv1 "encoding/json"
 	"os"
 	"path/filepath"
@@ -91,5 +92,41 @@ func TestNewTaskPayloadReadByOlderWorkers(t *testing.T) {
 		if !reflect.DeepEqual(got, e) {
 			t.Errorf("DecodeEmail(NewTask(%s)) =\n%+v\nwant\n%+v", name, got, e)
 		}
+	}
+}
+
+// A templated email's payload (Text, Template, TemplateVersion) stays
+// version 1: a worker of the previous release, which has none of these
+// members, decodes it (unknown members ignored, by encoding/json v1 and
+// by this decoder) into the same email without them, and sends its HTML.
+func TestTemplatedPayloadReadByOlderWorkers(t *testing.T) {
+	e := payloadFixtures()["minimal"]
+	e.Subject, e.Body, e.IsHTML = "Order 1 shipped", "<p>Hi</p>", true
+	e.Text, e.Template, e.TemplateVersion = "Hi\n", "order-shipped", 3
+	task, err := NewTask(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The previous release's Email: this one without the new members.
+	type previous struct {
+		V       int    `json:"v"`
+		ID      string `json:"id"`
+		Subject string `json:"subject,omitempty"`
+		Body    string `json:"body,omitempty"`
+		IsHTML  bool   `json:"is_html"`
+	}
+	var old previous
+	if err := jsonv1.Unmarshal(task.Payload(), &old); err != nil || old.V != 1 || old.Body != e.Body || !old.IsHTML {
+		t.Errorf("previous release reads %+v, %v; want version 1 with the HTML body", old, err)
+	}
+	got, err := DecodeEmail(task.Payload())
+	if err != nil || !reflect.DeepEqual(got, e) {
+		t.Errorf("DecodeEmail = %+v, %v; want %+v", got, err, e)
+	}
+	// And this release reads a payload with a member it does not know
+	// (what a later release may add) the same way.
+	withMore := append(bytes.TrimSuffix(task.Payload(), []byte("}")), []byte(`,"later_member":{"x":1}}`)...)
+	if got, err := DecodeEmail(withMore); err != nil || !reflect.DeepEqual(got, e) {
+		t.Errorf("DecodeEmail(with an unknown member) = %+v, %v", got, err)
 	}
 }

@@ -103,6 +103,20 @@ type Email struct {
 	Priority string `json:"priority,omitempty"`
 	// BatchID is the batch the email came in, if any.
 	BatchID string `json:"batch_id,omitempty"`
+
+	// Text, with an HTML Body, is the text/plain alternative the sender
+	// gave (a template with both Html and Text): the message is
+	// multipart/alternative with it instead of a text derived from the
+	// HTML. A worker of an earlier release ignores it (an unknown member)
+	// and sends the HTML with its own derived text, so the payload
+	// version stays 1.
+	Text string `json:"text,omitempty"`
+	// Template and TemplateVersion name the template version Subject,
+	// Body and Text were rendered from at intake (the email carries the
+	// rendered result: a template changed or deleted later does not
+	// change it).
+	Template        string `json:"template,omitempty"`
+	TemplateVersion int    `json:"template_version,omitzero"`
 }
 
 // Suppressed is a recipient the intake found suppressed, and why.

@@ -516,3 +516,29 @@ func paramFileName(l leaf) string {
 	_, params, _ := mime.ParseMediaType(l.header.Get("Content-Disposition"))
 	return params["filename"]
 }
+
+// An email carrying its own Text (a template with Html and Text) is
+// multipart/alternative with that text, with or without WithTextPart; an
+// HTML email without one gets the derived text only with WithTextPart.
+func TestBuildMessageGivenText(t *testing.T) {
+	e := seedEmail()
+	e.Attachments = nil
+	e.Body = "<p>Hi <b>Ada</b></p>"
+	e.Text = "Hi Ada, in plain words\n"
+	for _, opts := range [][]worker.MessageOption{nil, {worker.WithTextPart()}} {
+		p := build(t, e, opts...)
+		if len(p.leaves) != 2 || p.leaves[0].mediaType != "text/plain" || p.leaves[1].mediaType != "text/html" {
+			t.Fatalf("parts %+v; want text/plain then text/html", p.leaves)
+		}
+		if got := string(p.leaves[0].data); got != "Hi Ada, in plain words\r\n" {
+			t.Errorf("text part = %q; want the given Text", got)
+		}
+		if mt, _, _ := mime.ParseMediaType(p.header.Get("Content-Type")); mt != "multipart/alternative" {
+			t.Errorf("Content-Type = %q; want multipart/alternative", mt)
+		}
+	}
+	e.Text = ""
+	if p := build(t, e); len(p.leaves) != 1 || p.leaves[0].mediaType != "text/html" {
+		t.Errorf("without Text or WithTextPart: parts %+v; want text/html alone", p.leaves)
+	}
+}

@@ -48,8 +48,13 @@ func WithTextParts(c *TextParts) MessageOption {
 	return func(o *messageOptions) { o.text, o.texts = true, c }
 }
 
-// textPart returns the text alternative of e's body, if e gets one.
+// textPart returns the text alternative of e's body, if e gets one: the
+// text the email carries (Email.Text), else one derived from the HTML
+// when WithTextPart asked for it.
 func (o messageOptions) textPart(e *queue.Email) (string, bool) {
+	if e.IsHTML && e.Text != "" {
+		return e.Text, true // the sender's own, always
+	}
 	if !o.text || !e.IsHTML {
 		return "", false
 	}

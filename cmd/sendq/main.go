@@ -5,6 +5,7 @@
 //	sendq api      intake only
 //	sendq worker   worker only (run as many as you like on one Redis)
 //	sendq inbound  the bounce listener only (SMTP on SENDQ_INBOUND_ADDR)
+//	sendq send     send a file of rows (CSV or JSONL) through the batch API
 //
 // Configuration comes from the environment, each variable with a flag twin;
 // `sendq help` lists them.
@@ -60,6 +61,8 @@ Usage:
   sendq queues             print queue depths
   sendq retry ID           queue a failed or canceled email again
   sendq cancel ID          cancel a queued, scheduled or retrying email
+  sendq send -template NAME -file rows.csv [flags]
+                           send every row of a file as batches, safe to re-run ('sendq send -h')
   sendq bench [flags]      measure intake and delivery against naive baselines ('sendq bench -h')
   sendq help               this text; 'sendq serve -h' lists every setting
 
@@ -77,6 +80,10 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
+	case "send":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		return sendMain(ctx, args[1:], getenv, stdout, stderr)
 	case "bench":
 		// bench has its own flags: it builds its own Redis, sink, API and worker.
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

@@ -98,6 +98,7 @@ type options struct {
 	verbose          bool
 	prioBulk         int
 	prioN            int
+	tplBatches       int // templated.go
 }
 
 const usage = `Usage: sendq bench [flags]
@@ -148,6 +149,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.DurationVar(&o.stall, "stall-timeout", 30*time.Second, "fail a phase that makes no progress for this long")
 	fs.IntVar(&o.prioBulk, "priority-bulk", 50000, "bulk emails queued for the priority phase (last round; at most 10 x -n): the worker is busy with them while high and normal ones are posted; 0 skips it")
 	fs.IntVar(&o.prioN, "priority-n", 50, "high emails, then normal ones, posted one every 100 ms in the priority phase")
+	fs.IntVar(&o.tplBatches, "templated-batches", 20, "batches of 1,000 templated messages posted in the templated-batch phase (last round); 0 skips it")
 	fs.BoolVar(&o.verbose, "v", false, "write sendq's logs (info and up) to stderr")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -227,6 +229,9 @@ func Main(ctx context.Context, args []string, getenv func(string) string, stdout
 	if r.prio != nil {
 		r.prio.write(stdout)
 	}
+	if r.tpl != nil {
+		r.tpl.write(stdout)
+	}
 	if o.jsonFile != "" {
 		if err := rep.writeJSON(o.jsonFile); err != nil && runErr == nil {
 			runErr = err
@@ -258,6 +263,7 @@ type runner struct {
 	apiKey    string
 
 	prio *prioResult // the priority phase's, if it ran
+	tpl  *tplResult  // the templated-batch phase's, if it ran
 
 	rounds []*results // one per round begun, in order
 	res    *results   // the current round's
@@ -377,6 +383,9 @@ func (r *runner) run(ctx context.Context) error {
 		sendqSide = append(sendqSide, r.sendq)
 		if o.prioBulk > 0 {
 			sendqSide = append(sendqSide, r.priority)
+		}
+		if o.tplBatches > 0 {
+			sendqSide = append(sendqSide, r.templated)
 		}
 		if o.baselines {
 			baseSide = append(baseSide, func(ctx context.Context) error { return r.naive(ctx, true) }, r.asynqNoop, r.rawSMTP)

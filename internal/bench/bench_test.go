@@ -39,13 +39,16 @@ func TestMainTiny(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	env := func(string) string { return "" } // no REDIS_URL: Main starts its own Redis
 	code := Main(ctx, []string{"-n", "200", "-c", "8", "-pool", "2", "-rounds", "2", "-live-duration", "500ms",
-		"-smtp-latency", "1ms", "-json", jsonPath}, env, &stdout, &stderr)
+		"-smtp-latency", "1ms", "-json", jsonPath, "-templated-batches", "3"}, env, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("Main = %d; want 0\nstdout:\n%s\nstderr:\n%s", code, &stdout, &stderr)
 	}
 	out := stdout.String()
 	if !strings.Contains(out, " rounds=2 ") {
 		t.Errorf("the header does not say rounds=2:\n%s", out)
+	}
+	if !strings.Contains(out, "templated-batch phase (last round): 3 batches of 1000 messages") || !strings.Contains(out, "| emails accepted/s |") {
+		t.Errorf("no templated-batch phase in the report:\n%s", out)
 	}
 	if !strings.Contains(out, "ran in the last round only") {
 		t.Errorf("no note that the live phase and the RSS ran in the last round only:\n%s", out)

@@ -1,0 +1,133 @@
+package templates_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/sendq/sendq/internal/redistest"
+	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/templates"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func client(t *testing.T, url string) redis.UniversalClient {
+	t.Helper()
+	rdb, err := queue.NewRedisClient(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// exercise runs the store's contract on rdb: versions, owners apart,
+// listing, delete, numbers not reused.
+func exercise(t *testing.T, rdb redis.UniversalClient) {
+	t.Helper()
+	ctx := context.Background()
+	s := templates.NewStore(rdb)
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	src := func(n int) templates.Source {
+		return templates.Source{Subject: fmt.Sprintf("v%d {{.A}}", n), Text: "t"}
+	}
+	for _, owner := range []string{"key:k1", "tenant:acme}{", ""} {
+		for i := range 12 {
+			name := fmt.Sprintf("tpl-%02d", i)
+			v, created, err := s.Put(ctx, owner, name, src(1), now)
+			if err != nil || !created || v.Version != 1 {
+				t.Fatalf("Put(%q, %s) = %+v, %v, %v; want version 1 created", owner, name, v, created, err)
+			}
+		}
+		v, created, err := s.Put(ctx, owner, "tpl-00", src(2), now.Add(time.Minute))
+		if err != nil || created || v.Version != 2 {
+			t.Fatalf("second Put = %+v, %v, %v; want version 2", v, created, err)
+		}
+	}
+	if _, _, err := s.Put(ctx, "key:k1", "x", templates.Source{Subject: "{{"}, now); !errors.As(err, new(*templates.ParseError)) {
+		t.Errorf("Put of a bad template = %v; want a ParseError", err)
+	}
+	list, err := s.List(ctx, "key:k1")
+	if err != nil || len(list) != 12 || list[0].Name != "tpl-00" || list[0].Version != 2 || !list[0].CreatedAt.Equal(now.Add(time.Minute)) {
+		t.Fatalf("List = %+v, %v; want 12 templates, tpl-00 at version 2", list, err)
+	}
+	// A fresh store (another API process) reads what this one wrote.
+	other := templates.NewStore(rdb)
+	for _, c := range []struct {
+		n       int
+		subject string
+	}{{0, "v2 {{.A}}"}, {1, "v1 {{.A}}"}, {2, "v2 {{.A}}"}} {
+		v, err := other.Get(ctx, "key:k1", "tpl-00", c.n)
+		if err != nil || v.Source().Subject != c.subject {
+			t.Errorf("Get(tpl-00, %d) = %+v, %v; want %q", c.n, v, err, c.subject)
+		}
+	}
+	if _, err := other.Get(ctx, "key:k1", "tpl-00", 3); !errors.Is(err, templates.ErrVersionNotFound) {
+		t.Errorf("Get(version 3) = %v; want ErrVersionNotFound", err)
+	}
+	if _, err := other.Get(ctx, "key:k2", "tpl-00", 0); !errors.Is(err, templates.ErrNotFound) {
+		t.Errorf("another owner's Get = %v; want ErrNotFound", err)
+	}
+	if ok, err := s.Delete(ctx, "key:k1", "tpl-00"); !ok || err != nil {
+		t.Fatalf("Delete = %v, %v", ok, err)
+	}
+	// Gone for every version, also from the store that had it cached.
+	for _, st := range []*templates.Store{s, other} {
+		if _, err := st.Get(ctx, "key:k1", "tpl-00", 1); !errors.Is(err, templates.ErrNotFound) {
+			t.Errorf("Get after Delete = %v; want ErrNotFound", err)
+		}
+	}
+	if ok, _ := s.Delete(ctx, "key:k1", "tpl-00"); ok {
+		t.Error("second Delete = true")
+	}
+	if v, created, err := s.Put(ctx, "key:k1", "tpl-00", src(9), now); err != nil || !created || v.Version != 3 {
+		t.Errorf("Put after Delete = %+v, %v, %v; want version 3, created", v, created, err)
+	}
+	if v, err := other.Get(ctx, "key:k1", "tpl-00", 0); err != nil || v.Source().Subject != "v9 {{.A}}" {
+		t.Errorf("Get after re-create = %+v, %v", v, err)
+	}
+	if list, _ := s.List(ctx, "tenant:acme}{"); len(list) != 12 {
+		t.Errorf("tenant's List = %d templates; want 12", len(list))
+	}
+}
+
+func TestStore(t *testing.T) {
+	t.Parallel()
+	exercise(t, client(t, redistest.Start(t).URL()))
+}
+
+// On a Redis Cluster every key of an owner is in one slot (the scripts
+// would fail with CROSSSLOT otherwise) and owners spread over the nodes.
+func TestStoreOnACluster(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t, 3)
+	rdb := client(t, c.URL())
+	exercise(t, rdb)
+	ctx := context.Background()
+	slots := map[int64]bool{}
+	for i := range 30 {
+		owner := fmt.Sprintf("key:k%d", i)
+		keys := []string{templates.NamesKey(owner), templates.SeqKey(owner), templates.TemplateKey(owner, "a")}
+		var slot int64 = -1
+		for _, k := range keys {
+			n, err := rdb.ClusterKeySlot(ctx, k).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slot >= 0 && n != slot {
+				t.Fatalf("keys of %s in slots %d and %d", owner, slot, n)
+			}
+			slot = n
+		}
+		slots[slot] = true
+	}
+	if len(slots) < 10 {
+		t.Errorf("30 owners in %d slots; want them spread", len(slots))
+	}
+}
