@@ -99,6 +99,13 @@ type Record struct {
 	Priority, BatchID string
 	// Stale marks a record of an earlier email with the same id.
 	Stale bool
+	// Chunk is the chunk that holds the email (TypeSendChunk), if one
+	// does; Payload its payload then, and MaxAttempts, Retention and
+	// AttemptTimeout its task options (Store.Hold).
+	Chunk                     string
+	Payload                   []byte
+	MaxAttempts               int
+	Retention, AttemptTimeout time.Duration
 }
 
 // Store keeps delivery records in Redis, one hash per email. Every key of an
@@ -164,6 +171,9 @@ type Update struct {
 	DKIMSignature string
 	// Reset drops the record before writing (it was Stale).
 	Reset bool
+	// Unchunk: the email leaves its chunk for a task of its own (a
+	// retry), which holds it from now on.
+	Unchunk bool
 	// Extra, if set, adds commands to the same round trip, before the
 	// record's: another package's keys under the email's hash tag (the
 	// events of the attempt), so that the record is never written
@@ -218,7 +228,7 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		}
 		fields = append(fields, rcptPrefix+addr, b)
 	}
-	if len(fields) == 0 && u.Extra == nil {
+	if len(fields) == 0 && u.Extra == nil && !u.Unchunk {
 		return nil
 	}
 	// The commands run in order, in one round trip. A MULTI would cost
@@ -238,6 +248,9 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		if len(fields) > 0 {
 			cmds = append(cmds, ap.HSet(ctx, key, fields...), ap.Expire(ctx, key, s.ttl))
 		}
+		if u.Unchunk {
+			cmds = append(cmds, ap.HDel(ctx, key, "chunk"))
+		}
 		for _, c := range cmds {
 			if err := c.Err(); err != nil {
 				return fmt.Errorf("save record: %w", err)
@@ -255,6 +268,9 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 	if len(fields) > 0 {
 		pipe.HSet(ctx, key, fields...)
 		pipe.Expire(ctx, key, s.ttl)
+	}
+	if u.Unchunk {
+		pipe.HDel(ctx, key, "chunk")
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("save record: %w", err)
@@ -307,6 +323,23 @@ func parseRecord(m map[string]string) (*Record, error) {
 			r.CreatedAt = t
 		case k == "dkim":
 			r.DKIMSignature = v
+		case k == "chunk":
+			r.Chunk = v
+		case k == "payload":
+			r.Payload = []byte(v)
+		case k == "max_attempts", k == "retention_ms", k == "timeout_ms":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("record %s %q: %w", k, v, err)
+			}
+			switch k {
+			case "max_attempts":
+				r.MaxAttempts = int(n)
+			case "retention_ms":
+				r.Retention = time.Duration(n) * time.Millisecond
+			default:
+				r.AttemptTimeout = time.Duration(n) * time.Millisecond
+			}
 		case k == "sent_at":
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {

@@ -111,13 +111,18 @@ func (o *outgoing) WriteTo(w io.Writer) (int64, error) {
 
 // message renders e and signs it. prior is the signature an earlier attempt
 // sent (kept in the delivery record): it is sent again while it holds.
-func (w *Worker) message(e *queue.Email, prior string) (*outgoing, error) {
+// texts, if set, holds the text parts derived for other emails with the
+// same HTML body (the emails of a chunk).
+func (w *Worker) message(e *queue.Email, prior string, texts *textCache) (*outgoing, error) {
 	envFrom, opts, err := w.references(e)
 	if err != nil {
 		return nil, fmt.Errorf("build message: %w", err)
 	}
 	if !w.cfg.NoTextPart {
 		opts = append(opts, WithTextPart())
+		if texts != nil {
+			opts = append(opts, func(o *messageOptions) { o.cache = texts })
+		}
 	}
 	raw, err := RenderMessage(e, opts...)
 	if err != nil {

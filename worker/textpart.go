@@ -2,6 +2,7 @@ package worker
 
 import (
 	"strings"
+	"sync"
 
 	"github.com/inbucket/html2text"
 	gomail "github.com/wneessen/go-mail"
@@ -15,6 +16,7 @@ type MessageOption func(*messageOptions)
 type messageOptions struct {
 	text    bool
 	headers []preformatted
+	cache   *textCache
 }
 
 // preformatted is a header field written as it is.
@@ -43,11 +45,62 @@ func (o messageOptions) textPart(e *queue.Email) (string, bool) {
 	if !o.text || !e.IsHTML {
 		return "", false
 	}
-	text, err := html2text.FromString(e.Body, html2text.Options{})
+	if o.cache != nil {
+		return o.cache.get(e.Body)
+	}
+	return deriveText(e.Body)
+}
+
+// deriveText is the text alternative of an HTML body, and whether it has
+// one.
+func deriveText(body string) (string, bool) {
+	text, err := html2text.FromString(body, html2text.Options{})
 	if err != nil || strings.TrimSpace(text) == "" {
 		// The HTML parser accepts any input; an error would be a bug in
 		// the converter, not a reason to fail the email.
 		return "", false
 	}
 	return text + "\n", true
+}
+
+// textCache keeps the text parts derived from the HTML bodies of a
+// chunk's emails: a batch whose body comes from its Defaults has one body
+// for all of them, and html2text is the larger part of rendering a 1 KB
+// email. The body itself is the key (equal bodies, equal text), so no
+// email gets another's text. It keeps textCacheEntries bodies of at most
+// textCacheMaxBody bytes; others are derived each time.
+type textCache struct {
+	mu sync.Mutex
+	m  map[string]cachedText
+}
+
+type cachedText struct {
+	text string
+	ok   bool
+}
+
+const (
+	textCacheEntries = 8
+	textCacheMaxBody = 256 << 10
+)
+
+func newTextCache() *textCache { return &textCache{m: map[string]cachedText{}} }
+
+func (c *textCache) get(body string) (string, bool) {
+	if len(body) > textCacheMaxBody {
+		return deriveText(body)
+	}
+	c.mu.Lock()
+	t, hit := c.m[body]
+	c.mu.Unlock()
+	if hit {
+		return t.text, t.ok
+	}
+	t.text, t.ok = deriveText(body)
+	c.mu.Lock()
+	if len(c.m) < textCacheEntries {
+		c.m[body] = t
+	}
+	c.mu.Unlock()
+	return t.text, t.ok
 }

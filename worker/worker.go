@@ -99,6 +99,10 @@ type Config struct {
 	NoTextPart bool
 	// Store keeps delivery records. Required.
 	Store *queue.Store
+	// Enqueuer queues the task of its own an email of a chunk gets when
+	// it is to be tried again. If nil, an asynq client on the worker's
+	// Redis.
+	Enqueuer queue.Enqueuer
 	// Events stores each attempt's events with its record and hands them
 	// to webhook delivery (the events package). If nil, none.
 	Events Events
@@ -242,6 +246,12 @@ type Worker struct {
 	// general holds a token per transaction a normal or bulk email has
 	// under way, so that ReservedConns stay free for high ones.
 	general chan struct{}
+	// slots holds a token per email of a chunk being delivered: at most
+	// Concurrency across every chunk of the process.
+	slots chan struct{}
+	// highSlots are the slots of high priority chunks: HighConcurrency.
+	highSlots chan struct{}
+	enq       queue.Enqueuer
 }
 
 const maxCooldown = 30 * time.Second
@@ -256,7 +266,12 @@ func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, relays: relays, now: time.Now,
-		general: make(chan struct{}, cfg.Pool.Size-cfg.ReservedConns)}
+		general: make(chan struct{}, cfg.Pool.Size-cfg.ReservedConns), slots: make(chan struct{}, cfg.Concurrency),
+		highSlots: make(chan struct{}, cfg.HighConcurrency),
+		enq:       cfg.Enqueuer}
+	if w.enq == nil {
+		w.enq = asynq.NewClientFromRedisClient(rdb)
+	}
 	// Scheduled emails and due retries are moved to their queue by each
 	// server's forwarder: the first fetcher and the high one check every
 	// 250ms (SendAt is honoured within about a second and a quarter:
@@ -323,6 +338,7 @@ func (w *Worker) newServer(rdb redis.UniversalClient, concurrency int, queues ma
 func (w *Worker) Start() error {
 	mux := asynq.NewServeMux()
 	mux.Handle(queue.TypeSendEmail, w)
+	mux.HandleFunc(queue.TypeSendChunk, w.ProcessChunk)
 	for i, srv := range w.srvs {
 		if err := srv.Start(mux); err != nil {
 			for _, started := range w.srvs[:i] {
@@ -390,16 +406,27 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		w.log.Error("undecodable task", "err", err)
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
-	log := w.log.With("email_id", e.ID)
 	rec, err := w.cfg.Store.Load(ctx, e)
 	if err != nil {
 		w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
-		log.Warn("delivery attempt aborted", "err", err)
+		w.log.Warn("delivery attempt aborted", "email_id", e.ID, "err", err)
 		return err
 	}
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	lastTry := retried >= maxRetry
+	return w.attempt(ctx, start, e, rec, retried, maxRetry, nil)
+}
+
+// attempt delivers e (its record rec, retried earlier attempts by
+// asynq's count, maxRetry allowed) to every recipient not yet settled,
+// writes the record and returns what asynq is to hear. run is the chunk
+// the email came in, nil for an email with a task of its own.
+func (w *Worker) attempt(ctx context.Context, start time.Time, e *queue.Email, rec *queue.Record, retried, maxRetry int,
+	run *chunkRun) error {
+	log := w.log.With("email_id", e.ID)
+	// The record counts attempts too: an email of a chunk that left it
+	// has a task whose count began after its first attempt.
+	lastTry := retried >= maxRetry || rec.Attempts >= maxRetry
 	// asynq counts failed attempts (a worker that died counts too, once
 	// its lease expired); the record counts attempts that got to write.
 	// A task requeued by a shutdown is counted by neither until it ends.
@@ -440,7 +467,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case start.Sub(e.WindowStart()) > w.cfg.MaxAge:
 		failAll(queue.ReasonExpired, fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge))
 	default:
-		msg, err := w.message(e, rec.DKIMSignature)
+		msg, err := w.message(e, rec.DKIMSignature, run.texts())
 		if err != nil {
 			// The message could not be built or signed: nothing will fix that.
 			failAll(queue.ReasonInvalid, oneLine(err.Error()))
@@ -516,6 +543,17 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case nDeferred > 0:
 		outcome, u.State = metrics.OutcomeRetry, queue.StatusRetrying
 		ret = &deferredError{n: nDeferred, last: u.LastError, throttled: throttle}
+		if run != nil {
+			// It leaves the chunk for a task of its own, queued before
+			// the record says so: a crash in between leaves it sending in
+			// the chunk, which takes it again when redelivered.
+			if err := run.leave(ctx, e, rec, w.retryDelay(retried, ret, nil)); err != nil {
+				w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
+				log.Error("give the email a task of its own", "err", err)
+				return err
+			}
+			u.Unchunk = true
+		}
 	case nFailed > 0:
 		outcome, u.State, u.Reason = metrics.OutcomeFailed, queue.StatusFailed, reason
 		ret = fmt.Errorf("%d recipient(s) failed: %s: %w", nFailed, u.LastError, asynq.SkipRetry)

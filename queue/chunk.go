@@ -1,0 +1,324 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-json-experiment/json"
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+)
+
+// TypeSendChunk is the asynq task type of a chunk: up to ChunkSize emails
+// of one batch that share a priority and a time to send, delivered by one
+// task. Each email of a chunk has its own record (Store.Hold), which holds
+// its payload and its state; the chunk names them. An email of a chunk
+// that must be tried again leaves it: it becomes a task of its own
+// (TypeSendEmail, task id its id), as a single send is from the start.
+//
+// One asynq task per email costs asynq a dequeue and a completion, a round
+// trip and a Lua script each, whatever the email: for a batch of 1,000
+// that is most of the delivery's work (README: Performance). A chunk pays
+// them once for up to ChunkSize emails, and its emails are claimed (marked
+// sending) in one round trip per group.
+const TypeSendChunk = "email:chunk"
+
+// ChunkPayloadVersion is the version of the Chunk payload this build
+// writes; DecodeChunk accepts this version only.
+const ChunkPayloadVersion = 1
+
+// ChunkSize is the most emails a chunk holds. 100 makes a 1,000-message
+// batch ten tasks: enough to spread over fetchers, shards and worker
+// processes, few enough that asynq's per-task cost vanishes.
+const ChunkSize = 100
+
+// Chunk is the payload of a TypeSendChunk task.
+type Chunk struct {
+	V       int      `json:"v"`
+	ID      string   `json:"id"`
+	BatchID string   `json:"batch_id,omitempty"`
+	IDs     []string `json:"ids"`
+}
+
+// ChunkID is the task id of chunk n of batch id: the same for a retry of
+// the same batch (its Idempotency-Key), so asynq keeps it once.
+func ChunkID(batchID string, n int) string { return batchID + ".c" + strconv.Itoa(n) }
+
+// NewChunkTask returns the task of chunk c, whose emails have priority
+// p, on its queue in t: a shard picked by the chunk's id, so that the
+// chunks of a batch spread over the shards.
+func (t *Topology) NewChunkTask(c *Chunk, p string, opts ...asynq.Option) (*asynq.Task, error) {
+	if c.ID == "" || len(c.IDs) == 0 {
+		return nil, errors.New("queue: chunk has no id or no emails")
+	}
+	c.V = ChunkPayloadVersion
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("queue: encode chunk: %w", err)
+	}
+	opts = append([]asynq.Option{asynq.TaskID(c.ID), asynq.Queue(t.Pick(p, c.ID))}, opts...)
+	return asynq.NewTask(TypeSendChunk, b, opts...), nil
+}
+
+// DecodeChunk decodes a chunk payload written by NewChunkTask.
+func DecodeChunk(payload []byte) (*Chunk, error) {
+	var c Chunk
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return nil, fmt.Errorf("queue: decode chunk: %w", err)
+	}
+	if c.V != ChunkPayloadVersion {
+		return nil, fmt.Errorf("queue: unsupported chunk payload version %d", c.V)
+	}
+	if c.ID == "" || len(c.IDs) == 0 {
+		return nil, errors.New("queue: chunk payload has no id or no emails")
+	}
+	return &c, nil
+}
+
+// Held is an email to be held by a chunk (Store.Hold).
+type Held struct {
+	Email *Email
+	// Chunk is the id of the chunk that delivers it.
+	Chunk string
+	// MaxAttempts, Retention and AttemptTimeout are what a single send's
+	// task options say (asynq.MaxRetry, Retention, Timeout): the email's
+	// own task, should it leave the chunk, gets them (Record.TaskOptions).
+	MaxAttempts    int
+	Retention      time.Duration
+	AttemptTimeout time.Duration
+	// IfAbsent writes the record only if the email has none: its id is
+	// derived (from an Idempotency-Key), and a record under it is the same
+	// email, queued by an earlier try of the same request, whose state
+	// must not go back to queued.
+	IfAbsent bool
+}
+
+// holdScript writes the record KEYS[1] (fields ARGV[2]…, expiry ARGV[1]
+// ms) unless it exists; 1 if written.
+var holdScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+`)
+
+// Hold writes the records of emails held by chunks, in one round trip
+// (a pipeline: in a Cluster, one per master), each expiring after ttl
+// unless the worker writes it again. The record has what a status, a
+// cancel and the worker need: the state (queued or scheduled), the
+// payload, the chunk, the task options. A record must exist before its
+// chunk is queued: the chunk's worker finds its emails by their records.
+func (s *Store) Hold(ctx context.Context, hs []Held, ttl time.Duration) error {
+	if len(hs) == 0 {
+		return nil
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]redis.Cmder, 0, 2*len(hs))
+	var scripted []int // indexes in cmds of holdScript calls
+	for _, h := range hs {
+		e := h.Email
+		e.V = PayloadVersion
+		payload, err := json.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("hold email %s: %w", e.ID, err)
+		}
+		state := StatusQueued
+		if !e.SendAt.IsZero() && e.SendAt.After(e.CreatedAt) {
+			state = StatusScheduled
+		}
+		fields := []any{"state", state, "created_at", e.CreatedAt.UTC().Format(time.RFC3339Nano),
+			"chunk", h.Chunk, "payload", payload, "max_attempts", h.MaxAttempts,
+			"retention_ms", h.Retention.Milliseconds(), "timeout_ms", h.AttemptTimeout.Milliseconds()}
+		if e.Owner != "" {
+			fields = append(fields, "owner", e.Owner)
+		}
+		if e.Priority != "" {
+			fields = append(fields, "priority", e.Priority)
+		}
+		if e.BatchID != "" {
+			fields = append(fields, "batch_id", e.BatchID)
+		}
+		key := recordKey(e.ID)
+		if h.IfAbsent {
+			args := append([]any{ttl.Milliseconds()}, fields...)
+			scripted = append(scripted, len(cmds))
+			cmds = append(cmds, pipe.EvalSha(ctx, holdScript.Hash(), []string{key}, args...))
+			continue
+		}
+		cmds = append(cmds, pipe.HSet(ctx, key, fields...), pipe.PExpire(ctx, key, ttl))
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil && len(scripted) > 0 && isNoScript(err) {
+		// A Redis that does not know the script yet (first use, or a
+		// restart): load it and write again. Holding twice is the same.
+		if lerr := holdScript.Load(ctx, s.rdb).Err(); lerr != nil {
+			return fmt.Errorf("hold emails: %w", lerr)
+		}
+		return s.Hold(ctx, hs, ttl)
+	}
+	if err != nil {
+		return fmt.Errorf("hold emails: %w", err)
+	}
+	return nil
+}
+
+func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }
+
+// claimScript claims the record KEYS[1] for chunk ARGV[1]: if the chunk
+// holds it (its chunk field) and it is queued or scheduled, it becomes
+// sending and the script returns {1, the record's fields}; if it is
+// sending already (an earlier run of the chunk died with it), {2, the
+// fields}; otherwise (settled, canceled, left the chunk for a task of
+// its own, or no record) {0}.
+var claimScript = redis.NewScript(`
+local h = redis.call('HMGET', KEYS[1], 'state', 'chunk')
+if h[2] ~= ARGV[1] then return {0} end
+if h[1] == 'queued' or h[1] == 'scheduled' then
+  redis.call('HSET', KEYS[1], 'state', 'sending')
+  return {1, redis.call('HGETALL', KEYS[1])}
+end
+if h[1] == 'sending' then return {2, redis.call('HGETALL', KEYS[1])} end
+return {0}
+`)
+
+// Claimed is an email a chunk's worker is to deliver.
+type Claimed struct {
+	Email  *Email
+	Record *Record
+	// Again: the email was sending already when claimed: an earlier run
+	// of the chunk stopped (crashed) while delivering it.
+	Again bool
+}
+
+// Claim marks the emails ids of chunk chunkID sending, atomically for
+// each (a cancel either happens before, or finds it sending), in one round
+// trip, and returns those it is to deliver with their records. The others
+// are skipped: settled, canceled or delivered by a task of their own.
+func (s *Store) Claim(ctx context.Context, chunkID string, ids []string) ([]Claimed, error) {
+	cmds := make([]*redis.Cmd, len(ids))
+	run := func() error {
+		if ap, ok := s.rdb.(*redis.AutoPipeliner); ok && !ap.IsBlocking() {
+			for i, id := range ids {
+				cmds[i] = ap.EvalSha(ctx, claimScript.Hash(), []string{recordKey(id)}, chunkID)
+			}
+			for _, c := range cmds {
+				if err := c.Err(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		pipe := s.rdb.Pipeline()
+		for i, id := range ids {
+			cmds[i] = pipe.EvalSha(ctx, claimScript.Hash(), []string{recordKey(id)}, chunkID)
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	err := run()
+	if isNoScript(err) {
+		if err = claimScript.Load(ctx, s.rdb).Err(); err == nil {
+			err = run()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claim chunk emails: %w", err)
+	}
+	var out []Claimed
+	for i, c := range cmds {
+		v, _ := c.Val().([]any)
+		if len(v) < 2 {
+			continue
+		}
+		code, _ := v[0].(int64)
+		flat, _ := v[1].([]any)
+		m := make(map[string]string, len(flat)/2)
+		for j := 0; j+1 < len(flat); j += 2 {
+			k, _ := flat[j].(string)
+			val, _ := flat[j+1].(string)
+			m[k] = val
+		}
+		rec, err := parseRecord(m)
+		if err != nil {
+			return nil, fmt.Errorf("claim %s: %w", ids[i], err)
+		}
+		e, err := DecodeEmail(rec.Payload)
+		if err != nil {
+			return nil, fmt.Errorf("claim %s: %w", ids[i], err)
+		}
+		out = append(out, Claimed{Email: e, Record: rec, Again: code == 2})
+	}
+	return out, nil
+}
+
+// cancelHeldScript cancels the record KEYS[1] of an email held by a
+// chunk: {1} if it was queued or scheduled (it is canceled now), {0,
+// state} if not (sending or done: not canceled), {-1} if no chunk holds
+// it (its own task does: cancel that).
+var cancelHeldScript = redis.NewScript(`
+local h = redis.call('HMGET', KEYS[1], 'state', 'chunk')
+if not h[2] then return {-1} end
+if h[1] == 'queued' or h[1] == 'scheduled' then
+  redis.call('HSET', KEYS[1], 'state', 'canceled', 'reason', 'canceled')
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return {1}
+end
+return {0, h[1]}
+`)
+
+// errNotHeld: no chunk holds the email.
+var errNotHeld = errors.New("not held by a chunk")
+
+// cancelHeld cancels email id if a chunk holds it and it is not sending
+// yet: nil if canceled, *ErrWrongState if too late, errNotHeld if its own
+// task holds it.
+func (s *Store) cancelHeld(ctx context.Context, id string) error {
+	v, err := claimRun(ctx, s.rdb, cancelHeldScript, recordKey(id), s.ttl.Milliseconds())
+	if err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	code, _ := v[0].(int64)
+	switch code {
+	case 1:
+		return nil
+	case -1:
+		return errNotHeld
+	}
+	st := ""
+	if len(v) > 1 {
+		st, _ = v[1].(string)
+	}
+	if st == StatusSending {
+		return &ErrWrongState{Op: "cancel", Status: StatusSending}
+	}
+	return &ErrWrongState{Op: "cancel", Status: st}
+}
+
+func claimRun(ctx context.Context, rdb redis.Scripter, sc *redis.Script, key string, args ...any) ([]any, error) {
+	v, err := sc.Run(ctx, rdb, []string{key}, args...).Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(v) == 0 {
+		return nil, errors.New("empty script reply")
+	}
+	return v, nil
+}
+
+// TaskOptions are the asynq options of the task of its own an email held
+// by a chunk gets when it leaves the chunk, attempts attempts made: what
+// a single send's task is given (asynq.MaxRetry of the attempts left).
+func (r *Record) TaskOptions() []asynq.Option {
+	opts := []asynq.Option{asynq.MaxRetry(max(r.MaxAttempts-1, 0))}
+	if r.Retention > 0 {
+		opts = append(opts, asynq.Retention(r.Retention))
+	}
+	if r.AttemptTimeout > 0 {
+		opts = append(opts, asynq.Timeout(r.AttemptTimeout))
+	}
+	return opts
+}
