@@ -2,9 +2,10 @@ package queue
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -44,9 +45,20 @@ type Chunk struct {
 	IDs     []string `json:"ids"`
 }
 
-// ChunkID is the task id of chunk n of batch id: the same for a retry of
-// the same batch (its Idempotency-Key), so asynq keeps it once.
-func ChunkID(batchID string, n int) string { return batchID + ".c" + strconv.Itoa(n) }
+// ChunkID is the task id of the chunk of batch batchID that holds the
+// emails ids: derived from them, so that a retry of the batch (its
+// Idempotency-Key) that makes the same chunk makes the same task, which
+// asynq keeps once, and one that makes another (the first try had queued
+// only some of the emails) makes another task, whose claims skip the
+// emails the first one holds.
+func ChunkID(batchID string, ids []string) string {
+	h := sha256.New()
+	for _, id := range ids {
+		h.Write([]byte(id))
+		h.Write([]byte{0})
+	}
+	return batchID + "." + hex.EncodeToString(h.Sum(nil)[:12])
+}
 
 // NewChunkTask returns the task of chunk c, whose emails have priority
 // p, on its queue in t: a shard picked by the chunk's id, so that the
