@@ -1,0 +1,236 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
+
+	"github.com/sendq/sendq/internal/smtptest"
+	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/worker"
+)
+
+// hold writes the records of emails as the intake does for a batch, in
+// chunks of queue.ChunkSize, and returns the chunk tasks (not queued).
+func (b *testBundle) hold(t *testing.T, batchID string, emails []*queue.Email, maxAttempts int) []*asynq.Task {
+	t.Helper()
+	var tasks []*asynq.Task
+	for start := 0; start < len(emails); start += queue.ChunkSize {
+		part := emails[start:min(start+queue.ChunkSize, len(emails))]
+		ids := make([]string, len(part))
+		for i, e := range part {
+			e.BatchID, e.Priority = batchID, queue.PriorityBulk
+			ids[i] = e.ID
+		}
+		c := &queue.Chunk{ID: queue.ChunkID(batchID, ids), BatchID: batchID, IDs: ids}
+		held := make([]queue.Held, len(part))
+		for i, e := range part {
+			held[i] = queue.Held{Email: e, Chunk: c.ID, MaxAttempts: maxAttempts, Retention: time.Hour, AttemptTimeout: 10 * time.Second}
+		}
+		if err := b.store.Hold(context.Background(), held, time.Hour); err != nil {
+			t.Fatalf("Hold: %v", err)
+		}
+		task, err := queue.DefaultTopology.NewChunkTask(c, queue.PriorityBulk, asynq.MaxRetry(5))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tasks = append(tasks, task)
+	}
+	return tasks
+}
+
+func (b *testBundle) queueTasks(t *testing.T, tasks []*asynq.Task) {
+	t.Helper()
+	for _, task := range tasks {
+		if _, err := b.client.Enqueue(task); err != nil {
+			t.Fatalf("Enqueue chunk: %v", err)
+		}
+	}
+}
+
+func newEmails(n int, prefix string) []*queue.Email {
+	out := make([]*queue.Email, n)
+	for i := range out {
+		out[i] = newEmail(fmt.Sprintf("%s%d@example.com", prefix, i))
+	}
+	return out
+}
+
+func TestChunkDeliversEachEmailOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	batch := uuid.NewString()
+	emails := newEmails(150, "r") // a chunk of 100 and one of 50
+	b.queueTasks(t, b.hold(t, batch, emails, 5))
+	for _, e := range emails {
+		st := b.waitFinal(t, e.ID)
+		if st.Status != queue.StatusSent || st.Attempts != 1 || st.BatchID != batch || st.Subject != "hello" || st.MaxAttempts != 5 {
+			t.Fatalf("%s: status %s attempts %d batch %q subject %q max %d; want sent, 1, %s, hello, 5",
+				e.ID, st.Status, st.Attempts, st.BatchID, st.Subject, st.MaxAttempts, batch)
+		}
+		if r := rcpt(st, e.To[0].Address); r.Status != queue.RecipientSent || r.Code != 250 {
+			t.Fatalf("%s: recipient %+v; want sent 250", e.ID, r)
+		}
+	}
+	copies := b.smtp.Copies()
+	for _, e := range emails {
+		if n := copies[e.To[0].Address]; n != 1 {
+			t.Errorf("%s got %d copies; want 1", e.To[0].Address, n)
+		}
+	}
+}
+
+// A deferred email leaves its chunk for a task of its own: it alone is
+// tried again, with a single send's retries, and its status shows it.
+func TestChunkDeferredEmailIsRetriedAlone(t *testing.T) {
+	t.Parallel()
+	var flaky atomic.Int32
+	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+		Rcpt: func(_ *smtptest.Session, to string) error {
+			if to == "r3@example.com" && flaky.Add(1) == 1 {
+				return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "try again later")
+			}
+			return nil
+		},
+	})}})
+	emails := newEmails(10, "r")
+	b.queueTasks(t, b.hold(t, uuid.NewString(), emails, 5))
+	for i, e := range emails {
+		st := b.waitFinal(t, e.ID)
+		want := 1
+		if i == 3 {
+			want = 2
+		}
+		if st.Status != queue.StatusSent || st.Attempts != want {
+			t.Errorf("email %d: status %s attempts %d; want sent after %d", i, st.Status, st.Attempts, want)
+		}
+	}
+	if n := flaky.Load(); n != 2 {
+		t.Errorf("r3 was offered %d times; want 2", n)
+	}
+	for addr, n := range b.smtp.Copies() {
+		if n != 1 {
+			t.Errorf("%s got %d copies; want 1", addr, n)
+		}
+	}
+	// Its own task holds it now: asynq says it is done, with 5 attempts
+	// allowed in all.
+	info, err := queue.FindTask(asynq.NewInspectorFromRedisClient(b.rdb), nil, emails[3].ID)
+	if err != nil || info.Type != queue.TypeSendEmail {
+		t.Fatalf("the deferred email's own task: %+v, %v", info, err)
+	}
+	if st, _ := b.look.Status(context.Background(), emails[3].ID); st.MaxAttempts != 5 || st.BatchID == "" {
+		t.Errorf("status after the retry: max_attempts %d batch %q; want 5 and the batch", st.MaxAttempts, st.BatchID)
+	}
+}
+
+// Canceling an email of a chunk: before the chunk runs it is skipped;
+// while it is being delivered (sending) the cancel is refused.
+func TestChunkCancel(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	b := setup(t, setupOpts{
+		cfg: func(c *worker.Config) { c.Concurrency, c.Fetchers = 1, 1 },
+		smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+			Data: func(_ *smtptest.Session, _ []byte) error {
+				select {
+				case entered <- struct{}{}:
+					<-release
+				default:
+				}
+				return nil
+			},
+		})},
+	})
+	admin := &queue.Admin{Inspector: asynq.NewInspectorFromRedisClient(b.rdb), Store: b.store}
+	ctx := context.Background()
+	emails := newEmails(4, "c")
+	tasks := b.hold(t, uuid.NewString(), emails, 3)
+	if err := admin.Cancel(ctx, emails[3].ID); err != nil {
+		t.Fatalf("cancel before the chunk runs: %v", err)
+	}
+	b.queueTasks(t, tasks)
+	select {
+	case <-entered: // emails[0] is in DATA: it is sending, the rest queued
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery began")
+	}
+	var ws *queue.ErrWrongState
+	if err := admin.Cancel(ctx, emails[0].ID); !errors.As(err, &ws) || ws.Status != queue.StatusSending {
+		t.Errorf("cancel while sending = %v; want the wrong state sending", err)
+	}
+	if err := admin.Cancel(ctx, emails[2].ID); err != nil {
+		t.Errorf("cancel of a queued email of a running chunk: %v", err)
+	}
+	close(release)
+	for i, want := range []string{queue.StatusSent, queue.StatusSent, queue.StatusCanceled, queue.StatusCanceled} {
+		var st *queue.EmailStatus
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			var err error
+			st, err = b.look.Status(ctx, emails[i].ID)
+			if err == nil && (st.Status == want || time.Now().After(deadline)) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if st.Status != want {
+			t.Errorf("email %d: %s; want %s", i, st.Status, want)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // anything sent late would show
+	copies := b.smtp.Copies()
+	if copies["c2@example.com"] != 0 || copies["c3@example.com"] != 0 || copies["c0@example.com"] != 1 || copies["c1@example.com"] != 1 {
+		t.Errorf("copies = %v; want c0 and c1 once, the canceled none", copies)
+	}
+	// A canceled email of a batch can be retried: it gets a task of its own.
+	admin.Enqueuer = b.client
+	if err := admin.Retry(ctx, emails[3].ID); err != nil {
+		t.Fatalf("retry of a canceled chunk email: %v", err)
+	}
+	if st := b.waitFinal(t, emails[3].ID); st.Status != queue.StatusSent {
+		t.Errorf("retried email: %s; want sent", st.Status)
+	}
+}
+
+// A chunk run again (its worker died: asynq redelivers it after the
+// lease) skips the emails already settled, and delivers the one the dead
+// run had claimed but not recorded.
+func TestChunkRunAgainSkipsSettled(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	ctx := context.Background()
+	emails := newEmails(20, "s")
+	tasks := b.hold(t, uuid.NewString(), emails, 3)
+	// A run that died after claiming emails[5], before any SMTP.
+	c, err := queue.DecodeChunk(tasks[0].Payload())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.store.Claim(ctx, c.ID, c.IDs[5:6]); err != nil || len(got) != 1 {
+		t.Fatalf("claim: %v, %v", got, err)
+	}
+	for run := range 2 {
+		if err := b.w.ProcessChunk(ctx, tasks[0]); err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
+	}
+	for _, e := range emails {
+		if st, err := b.look.Status(ctx, e.ID); err != nil || st.Status != queue.StatusSent || st.Attempts != 1 {
+			t.Errorf("%s: %+v, %v; want sent after 1 attempt", e.ID, st, err)
+		}
+	}
+	for _, e := range emails {
+		if n := b.smtp.Copies()[e.To[0].Address]; n != 1 {
+			t.Errorf("%s: %d copies; want 1", e.To[0].Address, n)
+		}
+	}
+}
