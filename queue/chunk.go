@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-json-experiment/json"
@@ -333,4 +335,89 @@ func (r *Record) TaskOptions() []asynq.Option {
 		opts = append(opts, asynq.Timeout(r.AttemptTimeout))
 	}
 	return opts
+}
+
+// SharedAttachmentsKey is the key of attachments kept once for the emails
+// of batch batchID that all have them (sum: their SHA-256, hex), under the
+// batch's hash tag.
+func SharedAttachmentsKey(batchID, sum string) string {
+	return "sendq:batch:{" + batchID + "}:att:" + sum
+}
+
+// AttachmentsSum is the SHA-256 (hex) of an email's attachments: names,
+// types, content ids and content. Equal sums, equal attachments.
+func AttachmentsSum(as []Attachment) string {
+	h := sha256.New()
+	for _, a := range as {
+		for _, s := range []string{a.FileName, a.ContentType, a.ContentID} {
+			h.Write([]byte(strconv.Itoa(len(s))))
+			h.Write([]byte{0})
+			h.Write([]byte(s))
+		}
+		h.Write([]byte(strconv.Itoa(len(a.Data))))
+		h.Write([]byte{0})
+		h.Write(a.Data)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Share keeps attachments as under key for ttl (SharedAttachmentsKey),
+// once for every email of a batch that has them.
+func (s *Store) Share(ctx context.Context, key string, as []Attachment, ttl time.Duration) error {
+	b, err := json.Marshal(as)
+	if err != nil {
+		return fmt.Errorf("share attachments: %w", err)
+	}
+	if err := s.rdb.Set(ctx, key, b, ttl).Err(); err != nil {
+		return fmt.Errorf("share attachments: %w", err)
+	}
+	return nil
+}
+
+// ErrSharedGone: the attachments an email shared with its batch are no
+// longer kept (they expire with the batch's records).
+var ErrSharedGone = errors.New("shared attachments are gone")
+
+// LoadShared fills e.Attachments from its shared attachments, if it has
+// them; cache, if not nil, keeps what was loaded for the other emails of
+// a chunk (the same key is the same attachments).
+func (s *Store) LoadShared(ctx context.Context, e *Email, cache *SharedCache) error {
+	if e.SharedAttachments == "" || len(e.Attachments) > 0 {
+		return nil
+	}
+	if cache != nil {
+		cache.mu.Lock()
+		defer cache.mu.Unlock()
+		if as, ok := cache.m[e.SharedAttachments]; ok {
+			e.Attachments = as
+			return nil
+		}
+	}
+	b, err := s.rdb.Get(ctx, e.SharedAttachments).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return ErrSharedGone
+	}
+	if err != nil {
+		return fmt.Errorf("load shared attachments: %w", err)
+	}
+	var as []Attachment
+	if err := json.Unmarshal(b, &as); err != nil {
+		return fmt.Errorf("load shared attachments: %w", err)
+	}
+	if cache != nil {
+		if cache.m == nil {
+			cache.m = map[string][]Attachment{}
+		}
+		cache.m[e.SharedAttachments] = as
+	}
+	e.Attachments = as
+	return nil
+}
+
+// SharedCache keeps the shared attachments loaded for the emails of one
+// chunk. The zero value is ready; emails that share it share the slices,
+// which nobody changes.
+type SharedCache struct {
+	mu sync.Mutex
+	m  map[string][]Attachment
 }

@@ -103,6 +103,11 @@ type Email struct {
 	Priority string `json:"priority,omitempty"`
 	// BatchID is the batch the email came in, if any.
 	BatchID string `json:"batch_id,omitempty"`
+	// SharedAttachments, when set, is the Redis key of the attachments
+	// the email shares with others of its batch, kept once
+	// (Store.Share) instead of in every payload; Attachments is then
+	// empty until the worker loads them (Store.LoadShared).
+	SharedAttachments string `json:"shared_attachments,omitempty"`
 }
 
 // Suppressed is a recipient the intake found suppressed, and why.

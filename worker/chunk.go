@@ -18,9 +18,19 @@ const claimGroup = 32
 
 // chunkRun is one run of a chunk task: what its emails share.
 type chunkRun struct {
-	w     *Worker
-	cache *textCache
-	slots chan struct{}
+	w      *Worker
+	cache  *textCache
+	shared queue.SharedCache
+	slots  chan struct{}
+}
+
+// sharedCache is the run's cache of shared attachments; nil without a
+// run.
+func (r *chunkRun) sharedCache() *queue.SharedCache {
+	if r == nil {
+		return nil
+	}
+	return &r.shared
 }
 
 // texts is the run's text-part cache; nil without a run.
@@ -36,6 +46,11 @@ func (r *chunkRun) texts() *textCache {
 // cancel and status are a single send's. A task already there (a run
 // that died after queuing it) is the same task.
 func (r *chunkRun) leave(ctx context.Context, e *queue.Email, rec *queue.Record, delay time.Duration) error {
+	if e.SharedAttachments != "" {
+		// The task refers to them too, as the record's payload does.
+		c := *e
+		c.Attachments, e = nil, &c
+	}
 	task, err := r.w.cfg.Topology.NewTask(e, append(rec.TaskOptions(), asynq.ProcessIn(delay))...)
 	if err != nil {
 		return err

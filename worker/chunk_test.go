@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -231,6 +232,39 @@ func TestChunkRunAgainSkipsSettled(t *testing.T) {
 	for _, e := range emails {
 		if n := b.smtp.Copies()[e.To[0].Address]; n != 1 {
 			t.Errorf("%s: %d copies; want 1", e.To[0].Address, n)
+		}
+	}
+}
+
+// Emails that share their batch's attachments (kept once, under the
+// batch) are sent with them.
+func TestChunkSharedAttachments(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	ctx := context.Background()
+	batch := uuid.NewString()
+	atts := []queue.Attachment{{FileName: "terms.txt", ContentType: "text/plain", Data: []byte("the terms, in full\r\n")}}
+	key := queue.SharedAttachmentsKey(batch, queue.AttachmentsSum(atts))
+	if err := b.store.Share(ctx, key, atts, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	emails := newEmails(3, "a")
+	for _, e := range emails {
+		e.SharedAttachments = key
+	}
+	b.queueTasks(t, b.hold(t, batch, emails, 3))
+	for _, e := range emails {
+		if st := b.waitFinal(t, e.ID); st.Status != queue.StatusSent {
+			t.Fatalf("%s: %s; want sent", e.ID, st.Status)
+		}
+	}
+	msgs := b.smtp.Messages()
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages; want 3", len(msgs))
+	}
+	for _, m := range msgs {
+		if !bytes.Contains(m.Data, []byte(`filename="terms.txt"`)) || !bytes.Contains(m.Data, []byte("dGhlIHRlcm1zLCBpbiBmdWxsDQo=")) {
+			t.Errorf("message to %v lacks the shared attachment:\n%s", m.To, m.Data)
 		}
 	}
 }

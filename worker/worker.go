@@ -467,6 +467,14 @@ func (w *Worker) attempt(ctx context.Context, start time.Time, e *queue.Email, r
 	case start.Sub(e.WindowStart()) > w.cfg.MaxAge:
 		failAll(queue.ReasonExpired, fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge))
 	default:
+		if err := w.cfg.Store.LoadShared(ctx, e, run.sharedCache()); errors.Is(err, queue.ErrSharedGone) {
+			failAll(queue.ReasonInvalid, oneLine(err.Error()))
+			break
+		} else if err != nil {
+			w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
+			log.Warn("delivery attempt aborted", "err", err)
+			return err
+		}
 		msg, err := w.message(e, rec.DKIMSignature, run.texts())
 		if err != nil {
 			// The message could not be built or signed: nothing will fix that.
