@@ -156,7 +156,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.batchPhase, "batch", true, "measure the batch phases: batch intake (POST /v1/emails/batch), then the delivery of what it queued")
 	fs.IntVar(&o.batchSize, "batch-size", 1000, "messages per batch of the batch phases (each like a single send of the run)")
 	fs.IntVar(&o.batchC, "batch-c", 4, "concurrent HTTP clients posting batches")
-	fs.IntVar(&o.batchN, "batch-n", 20000, "emails of the batch phases (whole batches): posted, then delivered from the queue")
+	fs.IntVar(&o.batchN, "batch-n", 0, "emails of the batch phases (whole batches): posted, then delivered from the queue; 0: -n")
 	fs.IntVar(&o.batchRSS, "batch-rss", 0, "last round: queue this many batch emails (e.g. 100000), then sample the process' RSS while the worker delivers them; 0 skips it")
 	fs.BoolVar(&o.verbose, "v", false, "write sendq's logs (info and up) to stderr")
 	if err := fs.Parse(args); err != nil {
@@ -171,14 +171,19 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		v    int
 	}{{"n", o.n}, {"c", o.c}, {"rounds", o.rounds}, {"pool", o.pool}, {"workers", o.workers}, {"naive-concurrency", o.naiveConcurrency},
 		{"noop-concurrency", o.noopConcurrency}, {"enqueue-goroutines", o.enqueueWorkers}, {"rcpts", o.rcpts},
-		{"batch-size", o.batchSize}, {"batch-c", o.batchC}, {"batch-n", o.batchN}} {
+		{"batch-size", o.batchSize}, {"batch-c", o.batchC}} {
 		if f.v < 1 {
 			errs = append(errs, fmt.Sprintf("-%s must be at least 1", f.name))
 		}
 	}
-	if o.batchRSS < 0 {
-		errs = append(errs, "-batch-rss may not be negative")
+	if o.batchRSS < 0 || o.batchN < 0 {
+		errs = append(errs, "-batch-n and -batch-rss may not be negative")
 	}
+	if o.batchN == 0 {
+		o.batchN = o.n
+	}
+	// A short run (small -n) posts smaller batches.
+	o.batchSize = min(o.batchSize, o.batchN)
 	if o.concurrency < 0 || o.fetchers < 0 || o.bodyBytes < 0 || o.smtpLatency < 0 || o.liveDuration < 0 || o.liveRate < 0 {
 		errs = append(errs, "-worker-concurrency, -worker-fetchers, -body-bytes, -smtp-latency, -live-duration and -live-rate may not be negative")
 	}
