@@ -430,7 +430,11 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		// The ids first, so that the batch can be looked up and canceled
 		// whatever happens to the enqueues.
 		ttl := a.claimTTL()
+		var tried *redis.BoolCmd
 		_, err := a.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			// tried is set by the first try of the batch: a later one (an
+			// Idempotency-Key retry after a 503) may find its emails held.
+			tried = p.HSetNX(ctx, batchMetaKey(batchID), "tried", 1)
 			p.Del(ctx, batchKey(batchID))
 			args := make([]any, len(ids))
 			for i, id := range ids {
@@ -446,7 +450,7 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 			a.unavailable(w, err)
 			return
 		}
-		if err := a.enqueueBatch(ctx, b, &ans, batchID, idemKey != ""); err != nil {
+		if err := a.enqueueBatch(ctx, b, &ans, batchID, idemKey != "" && !tried.Val()); err != nil {
 			a.log.Error("batch enqueue failed", "batch_id", batchID, "err", err)
 			w.Header().Set("Retry-After", "5")
 			WriteError(w, http.StatusServiceUnavailable, "queue_unavailable", "",
@@ -512,11 +516,12 @@ const batchClaimPrefix = "batch:"
 // results. The emails go into chunk tasks (queue.TypeSendChunk) of up to
 // queue.ChunkSize emails that share a priority and a time to send, each
 // email with its own record (queue.Store.Hold): the records of the whole
-// batch in one round trip, then one asynq enqueue per chunk. With
-// batchIdem (the batch has an Idempotency-Key) the ids, the chunks and
-// their task ids are those of the first try, so a retry after a 503
-// queues each email once. An error is Redis's: some may be queued.
-func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer, batchID string, batchIdem bool) error {
+// batch in one round trip, then one asynq enqueue per chunk. A retry of a
+// batch with an Idempotency-Key (again) has the ids, the chunks and their
+// task ids of the first try, and writes only the records the first try
+// did not (their state must not go back to queued), so each email is
+// queued once. An error is Redis's: some may be queued.
+func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer, batchID string, again bool) error {
 	var idx []int // the emails to queue, in order
 	for i, e := range b.emails {
 		if e != nil {
@@ -526,7 +531,7 @@ func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer,
 	if err := a.suppressBatch(ctx, b.emails, idx); err != nil {
 		return err
 	}
-	idx, err := a.claimItems(ctx, b, ans, batchID, idx)
+	idx, claimedBefore, err := a.claimItems(ctx, b, ans, batchID, idx)
 	if err != nil {
 		return err
 	}
@@ -545,7 +550,7 @@ func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer,
 		for _, i := range c.idx {
 			held = append(held, queue.Held{Email: b.emails[i], Chunk: c.id,
 				MaxAttempts: a.cfg.MaxAttempts, Retention: a.cfg.Retention, AttemptTimeout: a.cfg.AttemptTimeout,
-				IfAbsent: batchIdem || b.idem[i] != ""})
+				IfAbsent: again || claimedBefore[i]})
 		}
 	}
 	if err := a.store.Hold(ctx, held, a.claimTTL()); err != nil {
@@ -655,8 +660,9 @@ func (a *API) suppressBatch(ctx context.Context, emails []*queue.Email, idx []in
 // (one round trip) and returns the emails to queue: those whose key is
 // new, or claimed by this batch already (an earlier try of it). An item
 // whose key names an email still kept (sent singly, or in another batch)
-// gets that email's id in its result and is not queued again.
-func (a *API) claimItems(ctx context.Context, b *batchItems, ans *BatchAnswer, batchID string, idx []int) ([]int, error) {
+// gets that email's id in its result and is not queued again. before
+// marks the items whose key this batch had claimed already.
+func (a *API) claimItems(ctx context.Context, b *batchItems, ans *BatchAnswer, batchID string, idx []int) (out []int, before map[int]bool, err error) {
 	mine := batchClaimPrefix + batchID
 	cmds := map[int]*redis.StatusCmd{}
 	pipe := a.rdb.Pipeline()
@@ -666,15 +672,16 @@ func (a *API) claimItems(ctx context.Context, b *batchItems, ans *BatchAnswer, b
 		}
 	}
 	if len(cmds) == 0 {
-		return idx, nil
+		return idx, nil, nil
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("claim idempotency keys: %w", err)
+		return nil, nil, fmt.Errorf("claim idempotency keys: %w", err)
 	}
-	out := idx[:0:0]
+	before = map[int]bool{}
 	for _, i := range idx {
 		c, keyed := cmds[i]
 		if !keyed || c.Val() == "" || c.Val() == mine {
+			before[i] = keyed && c.Val() == mine
 			out = append(out, i)
 			continue
 		}
@@ -685,7 +692,7 @@ func (a *API) claimItems(ctx context.Context, b *batchItems, ans *BatchAnswer, b
 			err, first = nil, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if first != nil {
 			ans.Results[i].ID, ans.Results[i].Status = first.ID, initialStatus(first)
@@ -693,11 +700,11 @@ func (a *API) claimItems(ctx context.Context, b *batchItems, ans *BatchAnswer, b
 		}
 		// Forgotten: a new email, this batch's.
 		if err := a.rdb.Set(ctx, claimKey(e.ID), mine, a.claimTTL()).Err(); err != nil {
-			return nil, fmt.Errorf("claim idempotency key: %w", err)
+			return nil, nil, fmt.Errorf("claim idempotency key: %w", err)
 		}
 		out = append(out, i)
 	}
-	return out, nil
+	return out, before, nil
 }
 
 // batchChunk is one chunk of a batch: the priority and time to send
