@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -266,5 +267,72 @@ func TestChunkSharedAttachments(t *testing.T) {
 		if !bytes.Contains(m.Data, []byte(`filename="terms.txt"`)) || !bytes.Contains(m.Data, []byte("dGhlIHRlcm1zLCBpbiBmdWxsDQo=")) {
 			t.Errorf("message to %v lacks the shared attachment:\n%s", m.To, m.Data)
 		}
+	}
+}
+
+// Canceling every email of a chunk while it is being delivered: each one
+// ends either canceled and never sent, or sent once (its cancel refused:
+// the worker had claimed it).
+func TestChunkCancelWhileDelivering(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{smtpOpts: []smtptest.Option{smtptest.WithHooks(smtptest.Hooks{
+		Data: func(_ *smtptest.Session, _ []byte) error {
+			time.Sleep(2 * time.Millisecond)
+			return nil
+		},
+	})}})
+	admin := &queue.Admin{Inspector: asynq.NewInspectorFromRedisClient(b.rdb), Store: b.store}
+	ctx := context.Background()
+	emails := newEmails(200, "w")
+	b.queueTasks(t, b.hold(t, uuid.NewString(), emails, 3))
+	for len(b.smtp.Messages()) < 10 {
+		time.Sleep(time.Millisecond)
+	}
+	canceled := make([]bool, len(emails))
+	errs := make(chan error, len(emails))
+	var wg sync.WaitGroup
+	for i, e := range emails {
+		wg.Go(func() {
+			err := admin.Cancel(ctx, e.ID)
+			var ws *queue.ErrWrongState
+			switch {
+			case err == nil:
+				canceled[i] = true
+			case !errors.As(err, &ws):
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("cancel: %v", err)
+	}
+	n := 0
+	for i, e := range emails {
+		if canceled[i] {
+			n++
+			continue
+		}
+		if st := b.waitFinal(t, e.ID); st.Status != queue.StatusSent {
+			t.Errorf("%s not canceled: %s; want sent", e.ID, st.Status)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // a canceled email sent late would show
+	copies := b.smtp.Copies()
+	for i, e := range emails {
+		want := 1
+		if canceled[i] {
+			want = 0
+			if st, _ := b.look.Status(ctx, e.ID); st.Status != queue.StatusCanceled {
+				t.Errorf("%s canceled: status %s", e.ID, st.Status)
+			}
+		}
+		if got := copies[e.To[0].Address]; got != want {
+			t.Errorf("%s (canceled %v): %d copies; want %d", e.To[0].Address, canceled[i], got, want)
+		}
+	}
+	if n == 0 || n == len(emails) {
+		t.Logf("%d of %d canceled: the race was not exercised both ways", n, len(emails))
 	}
 }
