@@ -104,7 +104,10 @@ func (l *Lookup) StatusFor(ctx context.Context, id, owner string) (*EmailStatus,
 	var info *asynq.TaskInfo
 	if rec == nil || rec.Chunk == "" {
 		// Held by its own task (a single send, or an email that left its
-		// chunk), or by none: asynq's task says where it stands.
+		// chunk), or by none: asynq's task says where it stands. The
+		// record is read again after it: the worker writes the record
+		// before the task moves on, so a task seen finished comes with
+		// the record that finished it.
 		var err error
 		info, err = FindTask(l.Inspector, l.Topology, id)
 		if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
@@ -112,6 +115,10 @@ func (l *Lookup) StatusFor(ctx context.Context, id, owner string) (*EmailStatus,
 		}
 		if err != nil {
 			info = nil
+		}
+		rec, rerr = l.Store.Get(ctx, id)
+		if rerr != nil && !errors.Is(rerr, ErrNoRecord) {
+			return nil, rerr
 		}
 	}
 	if info == nil && rec == nil {
