@@ -111,12 +111,14 @@ type Held struct {
 	IfAbsent bool
 }
 
-// holdScript writes the record KEYS[1] (fields ARGV[2]…, expiry ARGV[1]
-// ms) unless it exists; 1 if written.
+// holdScript writes the record KEYS[1] (fields ARGV[3]…) and the payload
+// KEYS[2] (ARGV[2]), both expiring in ARGV[1] ms, unless the record
+// exists; 1 if written.
 var holdScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
 return 1
 `)
 
@@ -145,7 +147,7 @@ func (s *Store) Hold(ctx context.Context, hs []Held, ttl time.Duration) error {
 			state = StatusScheduled
 		}
 		fields := []any{"state", state, "created_at", e.CreatedAt.UTC().Format(time.RFC3339Nano),
-			"chunk", h.Chunk, "payload", payload, "max_attempts", h.MaxAttempts,
+			"held", 1, "chunk", h.Chunk, "max_attempts", h.MaxAttempts,
 			"retention_ms", h.Retention.Milliseconds(), "timeout_ms", h.AttemptTimeout.Milliseconds()}
 		if e.Owner != "" {
 			fields = append(fields, "owner", e.Owner)
@@ -156,14 +158,14 @@ func (s *Store) Hold(ctx context.Context, hs []Held, ttl time.Duration) error {
 		if e.BatchID != "" {
 			fields = append(fields, "batch_id", e.BatchID)
 		}
-		key := recordKey(e.ID)
+		key, pkey := recordKey(e.ID), PayloadKey(e.ID)
 		if h.IfAbsent {
-			args := append([]any{ttl.Milliseconds()}, fields...)
+			args := append([]any{ttl.Milliseconds(), payload}, fields...)
 			scripted = append(scripted, len(cmds))
-			cmds = append(cmds, pipe.EvalSha(ctx, holdScript.Hash(), []string{key}, args...))
+			cmds = append(cmds, pipe.EvalSha(ctx, holdScript.Hash(), []string{key, pkey}, args...))
 			continue
 		}
-		cmds = append(cmds, pipe.HSet(ctx, key, fields...), pipe.PExpire(ctx, key, ttl))
+		cmds = append(cmds, pipe.HSet(ctx, key, fields...), pipe.PExpire(ctx, key, ttl), pipe.Set(ctx, pkey, payload, ttl))
 	}
 	_, err := pipe.Exec(ctx)
 	if err != nil && len(scripted) > 0 && isNoScript(err) {
@@ -216,18 +218,19 @@ type Claimed struct {
 func (s *Store) Claim(ctx context.Context, chunkID string, ids []string) ([]Claimed, error) {
 	codes := make([]*redis.Cmd, len(ids))
 	recs := make([]*redis.MapStringStringCmd, len(ids))
+	payloads := make([]*redis.StringCmd, len(ids))
 	run := func() error {
 		if ap, ok := s.rdb.(*redis.AutoPipeliner); ok && !ap.IsBlocking() {
 			for i, id := range ids {
 				codes[i] = ap.EvalSha(ctx, claimScript.Hash(), []string{recordKey(id)}, chunkID)
 				recs[i] = ap.HGetAll(ctx, recordKey(id))
+				payloads[i] = ap.Get(ctx, PayloadKey(id))
 			}
 			for i := range ids {
-				if err := codes[i].Err(); err != nil {
-					return err
-				}
-				if err := recs[i].Err(); err != nil {
-					return err
+				for _, c := range []redis.Cmder{codes[i], recs[i], payloads[i]} {
+					if err := c.Err(); err != nil && !errors.Is(err, redis.Nil) {
+						return err
+					}
 				}
 			}
 			return nil
@@ -236,8 +239,12 @@ func (s *Store) Claim(ctx context.Context, chunkID string, ids []string) ([]Clai
 		for i, id := range ids {
 			codes[i] = pipe.EvalSha(ctx, claimScript.Hash(), []string{recordKey(id)}, chunkID)
 			recs[i] = pipe.HGetAll(ctx, recordKey(id))
+			payloads[i] = pipe.Get(ctx, PayloadKey(id))
 		}
 		_, err := pipe.Exec(ctx)
+		if errors.Is(err, redis.Nil) {
+			err = nil
+		}
 		return err
 	}
 	err := run()
@@ -259,6 +266,7 @@ func (s *Store) Claim(ctx context.Context, chunkID string, ids []string) ([]Clai
 		if err != nil {
 			return nil, fmt.Errorf("claim %s: %w", ids[i], err)
 		}
+		rec.Payload = []byte(payloads[i].Val())
 		e, err := DecodeEmail(rec.Payload)
 		if err != nil {
 			return nil, fmt.Errorf("claim %s: %w", ids[i], err)

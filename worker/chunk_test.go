@@ -34,7 +34,7 @@ func (b *testBundle) hold(t *testing.T, batchID string, emails []*queue.Email, m
 		c := &queue.Chunk{ID: queue.ChunkID(batchID, ids), BatchID: batchID, IDs: ids}
 		held := make([]queue.Held, len(part))
 		for i, e := range part {
-			held[i] = queue.Held{Email: e, Chunk: c.ID, MaxAttempts: maxAttempts, Retention: time.Hour, AttemptTimeout: 10 * time.Second}
+			held[i] = queue.Held{Email: e, Chunk: c.ID, MaxAttempts: maxAttempts, Retention: 10 * time.Minute, AttemptTimeout: 10 * time.Second}
 		}
 		if err := b.store.Hold(context.Background(), held, time.Hour); err != nil {
 			t.Fatalf("Hold: %v", err)
@@ -85,6 +85,11 @@ func TestChunkDeliversEachEmailOnce(t *testing.T) {
 	for _, e := range emails {
 		if n := copies[e.To[0].Address]; n != 1 {
 			t.Errorf("%s got %d copies; want 1", e.To[0].Address, n)
+		}
+		// A sent email's payload goes after the retention (10 minutes
+		// here), its record after the record TTL (an hour).
+		if ttl := b.rdb.PTTL(context.Background(), queue.PayloadKey(e.ID)).Val(); ttl <= 0 || ttl > 10*time.Minute {
+			t.Fatalf("payload TTL of a sent email = %s; want at most the 10m retention", ttl)
 		}
 	}
 }

@@ -573,6 +573,11 @@ func (w *Worker) attempt(ctx context.Context, start time.Time, e *queue.Email, r
 		ret = fmt.Errorf("%d recipient(s) suppressed: %w", nSuppressed, asynq.SkipRetry)
 	default:
 		outcome, u.State, u.SentAt = metrics.OutcomeSent, queue.StatusSent, w.now()
+		if rec.Held && rec.Retention > 0 {
+			// A batch email's payload goes after the retention, as a
+			// single send's task does.
+			u.PayloadTTL = rec.Retention
+		}
 	}
 	// The attempt's events are stored in the record's write; their
 	// hand-off follows it (a crash in between: the events sweeper).
