@@ -3,14 +3,19 @@ package producer_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sendq/sendq/metrics"
+	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/suppression"
 )
 
 // A batch's emails go into chunk tasks of at most queue.ChunkSize that
@@ -129,5 +134,43 @@ func TestBatchDefaultsAttachmentKeptOnce(t *testing.T) {
 	e, _ := queue.DecodeEmail(rec.Payload)
 	if err := b.store.LoadShared(ctx, e, nil); err != nil || len(e.Attachments) != 1 || string(e.Attachments[0].Data) != data || e.Attachments[0].FileName != "terms.txt" {
 		t.Errorf("LoadShared: %v, %d attachments", err, len(e.Attachments))
+	}
+}
+
+// The batch intake looks up every recipient of the batch at once and
+// marks the suppressed ones, as a single send's intake does.
+func TestBatchMarksSuppressedRecipients(t *testing.T) {
+	t.Parallel()
+	b := setupSuppression(t, nil)
+	ctx := context.Background()
+	if _, err := b.list.Add(ctx, suppression.Entry{Address: "gone@example.com", Reason: suppression.ReasonUnsubscribe}); err != nil {
+		t.Fatal(err)
+	}
+	_, body := b.do(t, "POST", "/v1/emails/batch", "application/json",
+		`{"Defaults": {"From": "s@example.com"}, "Messages": [{"To": "ok@example.com;GONE@example.com"}, {"To": "gone@example.com"}, {"To": "fine@example.com"}]}`, false, 202)
+	var ans producer.BatchAnswer
+	if err := json.Unmarshal(body, &ans); err != nil || len(ans.Results) != 3 {
+		t.Fatalf("answer %s: %v", body, err)
+	}
+	want := []map[string]string{
+		{"ok@example.com": "pending/", "GONE@example.com": "suppressed/unsubscribe"},
+		{"gone@example.com": "suppressed/unsubscribe"},
+		{"fine@example.com": "pending/"},
+	}
+	for i, res := range ans.Results {
+		st, err := b.look.Status(ctx, res.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, r := range st.Recipients {
+			got[r.Address] = r.Status + "/" + r.Reason
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want[i]) {
+			t.Errorf("message %d: recipients %v; want %v", i, got, want[i])
+		}
+	}
+	if n := testutil.ToFloat64(b.m.RecipientsSuppressed.WithLabelValues(metrics.StageIntake)); n != 2 {
+		t.Errorf("suppressed at intake = %v; want 2", n)
 	}
 }
