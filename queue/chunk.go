@@ -204,11 +204,15 @@ return 0
 
 // Claimed is an email a chunk's worker is to deliver.
 type Claimed struct {
+	ID     string
 	Email  *Email
 	Record *Record
 	// Again: the email was sending already when claimed: an earlier run
 	// of the chunk stopped (crashed) while delivering it.
 	Again bool
+	// Err: its record or payload could not be read (Email is nil): it
+	// can never be delivered.
+	Err error
 }
 
 // Claim marks the emails ids of chunk chunkID sending, atomically for
@@ -262,16 +266,16 @@ func (s *Store) Claim(ctx context.Context, chunkID string, ids []string) ([]Clai
 		if code == 0 {
 			continue
 		}
-		rec, err := parseRecord(recs[i].Val())
-		if err != nil {
-			return nil, fmt.Errorf("claim %s: %w", ids[i], err)
+		cl := Claimed{ID: ids[i], Again: code == 2}
+		cl.Record, cl.Err = parseRecord(recs[i].Val())
+		if cl.Err == nil {
+			cl.Record.Payload = []byte(payloads[i].Val())
+			cl.Email, cl.Err = DecodeEmail(cl.Record.Payload)
 		}
-		rec.Payload = []byte(payloads[i].Val())
-		e, err := DecodeEmail(rec.Payload)
-		if err != nil {
-			return nil, fmt.Errorf("claim %s: %w", ids[i], err)
+		if cl.Err != nil {
+			cl.Email, cl.Err = nil, fmt.Errorf("claim %s: %w", ids[i], cl.Err)
 		}
-		out = append(out, Claimed{Email: e, Record: rec, Again: code == 2})
+		out = append(out, cl)
 	}
 	return out, nil
 }

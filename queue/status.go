@@ -149,13 +149,14 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 		t := rec.SentAt
 		st.SentAt = &t
 	}
+	var held *Email
 	if info == nil && rec.Payload != nil {
+		held, _ = DecodeEmail(rec.Payload) // unreadable: the record alone, below
+	}
+	if held != nil {
 		// A chunk holds the email (or held it): its record has its
 		// payload and its state.
-		e, err := DecodeEmail(rec.Payload)
-		if err != nil {
-			return nil, err
-		}
+		e := held
 		st.Status = rec.State
 		if st.Status == StatusRetrying && rec.Chunk == "" {
 			// Left its chunk, and its own task is gone (retention over).

@@ -163,6 +163,13 @@ func (r *chunkRun) takeSlot(ctx context.Context) bool {
 // an error is one asynq must hear (the chunk runs again), not the
 // email's outcome.
 func (w *Worker) deliverHeld(ctx context.Context, run *chunkRun, cl queue.Claimed) error {
+	if cl.Err != nil {
+		// Nothing will make it readable: failed, as an undecodable task.
+		w.m.EmailsFailed.WithLabelValues(queue.ReasonInvalid).Inc()
+		w.m.Attempts.WithLabelValues(metrics.OutcomeFailed).Inc()
+		w.log.Error("unreadable email of a chunk", "email_id", cl.ID, "err", cl.Err)
+		return w.save(ctx, cl.ID, queue.Update{State: queue.StatusFailed, Reason: queue.ReasonInvalid, LastError: oneLine(cl.Err.Error())})
+	}
 	if cl.Record.AttemptTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, cl.Record.AttemptTimeout)

@@ -341,3 +341,36 @@ func TestChunkCancelWhileDelivering(t *testing.T) {
 		t.Logf("%d of %d canceled: the race was not exercised both ways", n, len(emails))
 	}
 }
+
+// An email of a chunk whose payload cannot be read fails (invalid); the
+// others are delivered and the chunk is done, not run again and again.
+func TestChunkUnreadableEmailFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t, setupOpts{})
+	ctx := context.Background()
+	emails := newEmails(3, "u")
+	tasks := b.hold(t, uuid.NewString(), emails, 3)
+	if err := b.rdb.Set(ctx, queue.PayloadKey(emails[1].ID), "{not json", time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.w.ProcessChunk(ctx, tasks[0]); err != nil {
+		t.Fatalf("ProcessChunk: %v", err)
+	}
+	for i, e := range emails {
+		rec, err := b.store.Get(ctx, e.ID)
+		want := queue.StatusSent
+		if i == 1 {
+			want = queue.StatusFailed
+		}
+		if err != nil || rec.State != want {
+			t.Errorf("email %d: %+v, %v; want %s", i, rec, err, want)
+		}
+	}
+	if rec, _ := b.store.Get(ctx, emails[1].ID); rec.Reason != queue.ReasonInvalid {
+		t.Errorf("unreadable email: reason %q; want invalid", rec.Reason)
+	}
+	// Its status is the record's, not an error.
+	if st, err := b.look.Status(ctx, emails[1].ID); err != nil || st.Status != queue.StatusFailed || st.FailureReason != queue.ReasonInvalid {
+		t.Errorf("status of the unreadable email: %+v, %v; want failed, invalid", st, err)
+	}
+}
