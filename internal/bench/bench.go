@@ -103,6 +103,7 @@ type options struct {
 	batchC           int
 	batchN           int
 	batchRSS         int
+	prioBatches      bool
 }
 
 const usage = `Usage: sendq bench [flags]
@@ -152,6 +153,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.baselines, "baselines", true, "measure the baselines (false: sendq only)")
 	fs.DurationVar(&o.stall, "stall-timeout", 30*time.Second, "fail a phase that makes no progress for this long")
 	fs.IntVar(&o.prioBulk, "priority-bulk", 50000, "bulk emails queued for the priority phase (last round; at most 10 x -n): the worker is busy with them while high and normal ones are posted; 0 skips it")
+	fs.BoolVar(&o.prioBatches, "priority-batches", false, "queue the priority phase's bulk backlog as 1,000-message batches (chunk tasks) instead of one task per email")
 	fs.IntVar(&o.prioN, "priority-n", 50, "high emails, then normal ones, posted one every 100 ms in the priority phase")
 	fs.BoolVar(&o.batchPhase, "batch", true, "measure the batch phases: batch intake (POST /v1/emails/batch), then the delivery of what it queued")
 	fs.IntVar(&o.batchSize, "batch-size", 1000, "messages per batch of the batch phases (each like a single send of the run)")
