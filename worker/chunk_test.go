@@ -81,6 +81,12 @@ func TestChunkDeliversEachEmailOnce(t *testing.T) {
 			t.Fatalf("%s: recipient %+v; want sent 250", e.ID, r)
 		}
 	}
+	// The text part derived once per chunk is every email's.
+	for _, m := range b.smtp.Messages() {
+		if !bytes.Contains(m.Data, []byte("Content-Type: text/plain")) || !bytes.Contains(m.Data, []byte("\r\nhi\r\n")) {
+			t.Fatalf("message to %v lacks its text part:\n%s", m.To, m.Data)
+		}
+	}
 	copies := b.smtp.Copies()
 	for _, e := range emails {
 		if n := copies[e.To[0].Address]; n != 1 {

@@ -172,7 +172,7 @@ func (r *runner) batch(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d, dc, err := r.batchDeliver(ctx, api, "batch delivery", in.accepted, nil)
+	d, dc, err := r.batchDeliver(ctx, api, "batch delivery", in.accepted)
 	r.res.batchDelivery, r.res.batchDeliveryCPU = d, dc
 	if err != nil {
 		return err
@@ -188,14 +188,14 @@ func (r *runner) batch(ctx context.Context) error {
 		return err
 	}
 	rss := sampleRSS()
-	_, _, err = r.batchDeliver(ctx, api, "batch rss: deliver", in.accepted, rss)
+	_, _, err = r.batchDeliver(ctx, api, "batch rss: deliver", in.accepted)
 	r.res.batchRSS, r.res.batchRSSN = rss.stop(), in.accepted
 	return err
 }
 
 // batchDeliver starts sendq's worker on n queued batch emails and waits
 // until the sink has them all.
-func (r *runner) batchDeliver(ctx context.Context, api *sendqProc, name string, n int, _ *rssSampler) (throughput, cost, error) {
+func (r *runner) batchDeliver(ctx context.Context, api *sendqProc, name string, n int) (throughput, cost, error) {
 	o := r.o
 	workers := make([]*worker.Worker, o.workers)
 	for i := range workers {
