@@ -19,7 +19,7 @@ import (
 // TypeSendChunk is the asynq task type of a chunk: up to ChunkSize emails
 // of one batch that share a priority and a time to send, delivered by one
 // task. Each email of a chunk has its own record (Store.Hold), which holds
-// its payload and its state; the chunk names them. An email of a chunk
+// its state, with its payload beside it (PayloadKey); the chunk names them. An email of a chunk
 // that must be tried again leaves it: it becomes a task of its own
 // (TypeSendEmail, task id its id), as a single send is from the start.
 //
@@ -125,9 +125,10 @@ return 1
 // Hold writes the records of emails held by chunks, in one round trip
 // (a pipeline: in a Cluster, one per master), each expiring after ttl
 // unless the worker writes it again. The record has what a status, a
-// cancel and the worker need: the state (queued or scheduled), the
-// payload, the chunk, the task options. A record must exist before its
-// chunk is queued: the chunk's worker finds its emails by their records.
+// cancel and the worker need: the state (queued or scheduled), the chunk,
+// the task options; the payload is beside it (PayloadKey), with the same
+// expiry. A record must exist before its chunk is queued: the chunk's
+// worker finds its emails by their records.
 func (s *Store) Hold(ctx context.Context, hs []Held, ttl time.Duration) error {
 	if len(hs) == 0 {
 		return nil

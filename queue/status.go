@@ -155,7 +155,7 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 	}
 	if held != nil {
 		// A chunk holds the email (or held it): its record has its
-		// payload and its state.
+		// payload (beside it) and its state.
 		e := held
 		st.Status = rec.State
 		if st.Status == StatusRetrying && rec.Chunk == "" {
