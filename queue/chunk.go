@@ -433,3 +433,33 @@ type SharedCache struct {
 	mu sync.Mutex
 	m  map[string][]Attachment
 }
+
+// HeldStates returns, for each of ids, its state if a chunk holds it
+// (its record is then its whole status: StatusFor), or "" if not (its own
+// task holds it, or nothing does): the states of a batch in one round trip.
+func (s *Store) HeldStates(ctx context.Context, ids []string) ([]string, error) {
+	out := make([]string, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HMGet(ctx, recordKey(id), "state", "chunk")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read states: %w", err)
+	}
+	for i, c := range cmds {
+		v := c.Val()
+		if len(v) != 2 {
+			continue
+		}
+		st, _ := v[0].(string)
+		chunk, _ := v[1].(string)
+		if chunk != "" {
+			out[i] = st
+		}
+	}
+	return out, nil
+}
