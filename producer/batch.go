@@ -19,6 +19,7 @@ import (
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sendq/sendq/metrics"
@@ -467,6 +468,10 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		ids = append(ids, e.ID)
 	}
 	ans.Accepted, ans.Rejected = len(ids), len(b.results)-len(ids)
+	// The emails' own work: RedisTimeout per 1,000 from here, not from the
+	// request's start (decoding 1,000 messages takes its time).
+	ctx, cancel = a.batchContext(r.Context(), len(ids))
+	defer cancel()
 
 	if len(ids) > 0 {
 		if !a.cfg.RatePerKey.IsZero() {
@@ -486,7 +491,11 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		// The ids first, so that the batch can be looked up and canceled
 		// whatever happens to the enqueues.
 		ttl := a.claimTTL()
+		var tried *redis.BoolCmd
 		_, err := a.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			// tried is set by the first try of the batch: a later one (an
+			// Idempotency-Key retry after a 503) may find its emails held.
+			tried = p.HSetNX(ctx, batchMetaKey(batchID), "tried", 1)
 			p.Del(ctx, batchKey(batchID))
 			args := make([]any, len(ids))
 			for i, id := range ids {
@@ -502,7 +511,7 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 			a.unavailable(w, err)
 			return
 		}
-		if err := a.enqueueBatch(ctx, b, &ans, idemKey != ""); err != nil {
+		if err := a.enqueueBatch(ctx, b, &ans, batchID, idemKey != "" && !tried.Val()); err != nil {
 			a.log.Error("batch enqueue failed", "batch_id", batchID, "err", err)
 			w.Header().Set("Retry-After", "5")
 			WriteError(w, http.StatusServiceUnavailable, "queue_unavailable", "",
@@ -559,57 +568,242 @@ func (a *API) refused(e *queue.Email, key *APIKey) *FieldError {
 	return nil
 }
 
-// enqueueBatch queues the valid emails of b, batchWorkers at a time, and
-// fills their results. An error is Redis's: some may be queued.
-func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer, batchIdem bool) error {
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-		queued   int
-		supp     int
-	)
-	work := make(chan int)
-	for range batchWorkers {
-		wg.Go(func() {
-			for i := range work {
-				e := b.emails[i]
-				err := a.checkSuppressed(ctx, e)
-				var first *queue.Email
-				if err == nil {
-					first, err = a.enqueue(ctx, e, batchIdem || b.idem[i] != "")
-				}
-				mu.Lock()
-				switch {
-				case errors.Is(err, errInvalidTask):
-					ans.Results[i].Error = &ErrorDetail{Code: "invalid_body", Field: "Messages[" + strconv.Itoa(i) + "]", Message: err.Error()}
-					ans.Accepted--
-					ans.Rejected++
-				case err != nil:
-					if firstErr == nil {
-						firstErr = err
-					}
-				case first != nil:
-					ans.Results[i].ID, ans.Results[i].Status = first.ID, initialStatus(first)
-				default:
-					ans.Results[i].ID, ans.Results[i].Status = e.ID, initialStatus(e)
-					queued++
-					supp += len(e.Suppressed)
-				}
-				mu.Unlock()
-			}
-		})
-	}
+// batchClaimPrefix begins the value of an item's Idempotency-Key claim
+// (claimKey) when a batch holds the email: "batch:" and the batch id. A
+// single send claims with its queue's name.
+const batchClaimPrefix = "batch:"
+
+// enqueueBatch queues the valid emails of batch batchID and fills their
+// results. The emails go into chunk tasks (queue.TypeSendChunk) of up to
+// queue.ChunkSize emails that share a priority and a time to send, each
+// email with its own record (queue.Store.Hold): the records of the whole
+// batch in one round trip, then one asynq enqueue per chunk. A retry of a
+// batch with an Idempotency-Key (again) has the ids, the chunks and their
+// task ids of the first try, and writes only the records the first try
+// did not (their state must not go back to queued), so each email is
+// queued once. An error is Redis's: some may be queued.
+func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer, batchID string, again bool) error {
+	var idx []int // the emails to queue, in order
 	for i, e := range b.emails {
 		if e != nil {
-			work <- i
+			idx = append(idx, i)
 		}
 	}
-	close(work)
+	if err := a.suppressBatch(ctx, b.emails, idx); err != nil {
+		return err
+	}
+	idx, claimedBefore, err := a.claimItems(ctx, b, ans, batchID, idx)
+	if err != nil {
+		return err
+	}
+	if err := a.shareAttachments(ctx, b.emails, idx, batchID); err != nil {
+		return err
+	}
+	chunks := chunkBatch(b.emails, idx)
+	held := make([]queue.Held, 0, len(idx))
+	for k := range chunks {
+		c := &chunks[k]
+		c.ids = make([]string, len(c.idx))
+		for j, i := range c.idx {
+			c.ids[j] = b.emails[i].ID
+		}
+		c.id = queue.ChunkID(batchID, c.ids)
+		for _, i := range c.idx {
+			held = append(held, queue.Held{Email: b.emails[i], Chunk: c.id,
+				MaxAttempts: a.cfg.MaxAttempts, Retention: a.cfg.Retention, AttemptTimeout: a.cfg.AttemptTimeout,
+				IfAbsent: again || claimedBefore[i]})
+		}
+	}
+	if err := a.store.Hold(ctx, held, a.claimTTL()); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(chunks))
+	for k, c := range chunks {
+		wg.Go(func() {
+			ch := &queue.Chunk{ID: c.id, BatchID: batchID, IDs: c.ids}
+			opts := []asynq.Option{asynq.MaxRetry(a.cfg.MaxAttempts - 1)}
+			if c.at > 0 {
+				opts = append(opts, asynq.ProcessAt(time.Unix(c.at, 0)))
+			}
+			task, err := a.topo.NewChunkTask(ch, c.priority, opts...)
+			if err == nil {
+				_, err = a.enq.EnqueueContext(ctx, task)
+			}
+			if errors.Is(err, asynq.ErrTaskIDConflict) {
+				err = nil // queued by an earlier try of the same batch
+			}
+			errs[k] = err
+		})
+	}
 	wg.Wait()
-	a.m.EmailsAccepted.Add(float64(queued))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	supp := 0
+	for _, i := range idx {
+		e := b.emails[i]
+		ans.Results[i].ID, ans.Results[i].Status = e.ID, initialStatus(e)
+		supp += len(e.Suppressed)
+	}
+	a.m.EmailsAccepted.Add(float64(len(idx)))
 	a.m.RecipientsSuppressed.WithLabelValues(metrics.StageIntake).Add(float64(supp))
-	return firstErr
+	return nil
+}
+
+// shareAttachments keeps the attachments that two or more emails idx of
+// batch batchID have alike (those of its Defaults, typically) once, under
+// the batch (queue.SharedAttachmentsKey), and makes those emails refer to
+// them instead of holding a copy each: a 1 MB attachment in the Defaults
+// of a 1,000-message batch is 1 MB in Redis, not 1 GB.
+func (a *API) shareAttachments(ctx context.Context, emails []*queue.Email, idx []int, batchID string) error {
+	sums := map[string][]int{}
+	var order []string
+	for _, i := range idx {
+		if len(emails[i].Attachments) == 0 {
+			continue
+		}
+		sum := queue.AttachmentsSum(emails[i].Attachments)
+		if _, ok := sums[sum]; !ok {
+			order = append(order, sum)
+		}
+		sums[sum] = append(sums[sum], i)
+	}
+	for _, sum := range order {
+		alike := sums[sum]
+		if len(alike) < 2 {
+			continue
+		}
+		key := queue.SharedAttachmentsKey(batchID, sum)
+		if err := a.store.Share(ctx, key, emails[alike[0]].Attachments, a.claimTTL()); err != nil {
+			return err
+		}
+		for _, i := range alike {
+			emails[i].Attachments, emails[i].SharedAttachments = nil, key
+		}
+	}
+	return nil
+}
+
+// suppressBatch looks up every recipient of the emails idx at once (one
+// round trip) and marks those on the suppression list, as
+// checkSuppressed does for one email.
+func (a *API) suppressBatch(ctx context.Context, emails []*queue.Email, idx []int) error {
+	if a.cfg.Suppression == nil || len(idx) == 0 {
+		return nil
+	}
+	seen := map[string]bool{}
+	var addrs []string
+	for _, i := range idx {
+		for _, r := range emails[i].Recipients() {
+			if !seen[r] {
+				seen[r] = true
+				addrs = append(addrs, r)
+			}
+		}
+	}
+	found, err := a.cfg.Suppression.Check(ctx, addrs)
+	if err != nil || len(found) == 0 {
+		return err
+	}
+	for _, i := range idx {
+		e := emails[i]
+		for _, r := range e.Recipients() {
+			if en, ok := found[r]; ok {
+				e.Suppressed = append(e.Suppressed, queue.Suppressed{Address: r, Reason: en.Reason})
+			}
+		}
+	}
+	return nil
+}
+
+// claimItems claims the Idempotency-Keys of the items idx that have one
+// (one round trip) and returns the emails to queue: those whose key is
+// new, or claimed by this batch already (an earlier try of it). An item
+// whose key names an email still kept (sent singly, or in another batch)
+// gets that email's id in its result and is not queued again. before
+// marks the items whose key this batch had claimed already.
+func (a *API) claimItems(ctx context.Context, b *batchItems, ans *BatchAnswer, batchID string, idx []int) (out []int, before map[int]bool, err error) {
+	mine := batchClaimPrefix + batchID
+	cmds := map[int]*redis.StatusCmd{}
+	pipe := a.rdb.Pipeline()
+	for _, i := range idx {
+		if b.idem[i] != "" {
+			cmds[i] = pipe.SetArgs(ctx, claimKey(b.emails[i].ID), mine, redis.SetArgs{Mode: "NX", Get: true, TTL: a.claimTTL()})
+		}
+	}
+	if len(cmds) == 0 {
+		return idx, nil, nil
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, fmt.Errorf("claim idempotency keys: %w", err)
+	}
+	before = map[int]bool{}
+	for _, i := range idx {
+		c, keyed := cmds[i]
+		if !keyed || c.Val() == "" || c.Val() == mine {
+			before[i] = keyed && c.Val() == mine
+			out = append(out, i)
+			continue
+		}
+		e := b.emails[i]
+		first, err := a.kept(ctx, c.Val(), e)
+		var conflict *idemConflict
+		if errors.As(err, &conflict) {
+			err, first = nil, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		if first != nil {
+			ans.Results[i].ID, ans.Results[i].Status = first.ID, initialStatus(first)
+			continue
+		}
+		// Forgotten: a new email, this batch's.
+		if err := a.rdb.Set(ctx, claimKey(e.ID), mine, a.claimTTL()).Err(); err != nil {
+			return nil, nil, fmt.Errorf("claim idempotency key: %w", err)
+		}
+		out = append(out, i)
+	}
+	return out, before, nil
+}
+
+// batchChunk is one chunk of a batch: the priority and time to send
+// (Unix seconds as asynq schedules, 0 for now) its emails share, their
+// indexes and ids, and its id (queue.ChunkID).
+type batchChunk struct {
+	priority string
+	at       int64
+	idx      []int
+	ids      []string
+	id       string
+}
+
+// chunkBatch splits the emails idx into chunks of at most
+// queue.ChunkSize that share a priority and a time to send, in order of
+// first appearance: the same emails make the same chunks.
+func chunkBatch(emails []*queue.Email, idx []int) []batchChunk {
+	type group struct {
+		priority string
+		at       int64
+	}
+	open := map[group]int{} // the group's last chunk, in out
+	var out []batchChunk
+	for _, i := range idx {
+		e := emails[i]
+		g := group{priority: e.PriorityOrNormal()}
+		if initialStatus(e) == queue.StatusScheduled {
+			g.at = processAt(e.SendAt).Unix()
+		}
+		k, ok := open[g]
+		if !ok || len(out[k].idx) == queue.ChunkSize {
+			out = append(out, batchChunk{priority: g.priority, at: g.at})
+			k = len(out) - 1
+			open[g] = k
+		}
+		out[k].idx = append(out[k].idx, i)
+	}
+	return out
 }
 
 // BatchStatus is the body of GET /v1/batches/{id}.
@@ -704,8 +898,17 @@ func (a *API) batchStatus(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	}
 	ctx, cancel = a.batchContext(r.Context(), len(ids))
 	defer cancel()
-	statuses := make([]string, len(ids))
-	err := each(ids, func(i int, eid string) error {
+	// The emails its chunks hold: their records, in one round trip; the
+	// others (left for a task of their own) one by one.
+	statuses, err := a.store.HeldStates(ctx, ids)
+	if err != nil {
+		a.unavailable(w, err)
+		return
+	}
+	err = each(ids, func(i int, eid string) error {
+		if statuses[i] != "" {
+			return nil
+		}
 		st, err := a.look.Status(ctx, eid)
 		switch {
 		case errors.Is(err, queue.ErrNotFound):

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -99,7 +100,7 @@ func (a *API) enqueue(ctx context.Context, e *queue.Email, idem bool) (first *qu
 		if prev != "" && prev != q {
 			// The key was used for an email in another queue (another
 			// priority): answer with that one while it is kept.
-			f, ferr := a.kept(prev, e)
+			f, ferr := a.kept(ctx, prev, e)
 			if ferr != nil || f != nil {
 				return f, ferr
 			}
@@ -117,7 +118,7 @@ func (a *API) enqueue(ctx context.Context, e *queue.Email, idem bool) (first *qu
 		}
 		// The key was used before: answer as the first request was
 		// answered if the body is the same.
-		f, ferr := a.kept(q, e)
+		f, ferr := a.kept(ctx, q, e)
 		if ferr == nil && f == nil && try == 0 {
 			continue // gone in between (retention over): this is a new email
 		}
@@ -131,7 +132,27 @@ func (a *API) enqueue(ctx context.Context, e *queue.Email, idem bool) (first *qu
 // kept returns the email kept under e.ID in queue q if e repeats it (same
 // body hash, or q's email came in a batch), an *idemConflict if not, and
 // nil, nil if q holds no such task.
-func (a *API) kept(q string, e *queue.Email) (*queue.Email, error) {
+//
+// q may name a batch instead (batchClaimPrefix): the email's record,
+// which holds its payload, is then the one looked up.
+func (a *API) kept(ctx context.Context, q string, e *queue.Email) (*queue.Email, error) {
+	if strings.HasPrefix(q, batchClaimPrefix) {
+		rec, err := a.store.Get(ctx, e.ID)
+		if errors.Is(err, queue.ErrNoRecord) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if rec.Payload == nil {
+			return nil, nil
+		}
+		first, err := queue.DecodeEmail(rec.Payload)
+		if err != nil {
+			return nil, &idemConflict{id: e.ID}
+		}
+		return first, nil
+	}
 	info, err := a.insp.GetTaskInfo(q, e.ID)
 	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 		return nil, nil

@@ -175,7 +175,7 @@ func New(rdb redis.UniversalClient, enq Enqueuer, insp *asynq.Inspector, store *
 	return &API{
 		cfg: cfg, keys: keys, rdb: rdb, enq: enq, insp: insp, store: store,
 		look:  &queue.Lookup{Inspector: insp, Store: store, Topology: cfg.Topology},
-		admin: &queue.Admin{Inspector: insp, Store: store, Topology: cfg.Topology},
+		admin: &queue.Admin{Inspector: insp, Store: store, Topology: cfg.Topology, Enqueuer: enq},
 		rate:  redis_rate.NewLimiter(rdb),
 		topo:  cfg.Topology,
 		tpl:   templates.NewStore(rdb),

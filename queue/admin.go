@@ -33,6 +33,34 @@ type Admin struct {
 	Store     *Store
 	// Topology names the queues; nil is DefaultTopology.
 	Topology *Topology
+	// Enqueuer queues the task of its own that a retried email of a
+	// batch (held by a chunk) gets. *asynq.Client implements it. If nil,
+	// such an email cannot be retried.
+	Enqueuer Enqueuer
+}
+
+// Enqueuer stores a task in the queue. *asynq.Client implements it.
+type Enqueuer interface {
+	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// held returns the record of email id if a chunk holds it (Store.Hold)
+// and owner may change it; nil, nil if no chunk holds it.
+func (a *Admin) held(ctx context.Context, id, owner string) (*Record, error) {
+	rec, err := a.Store.Get(ctx, id)
+	if errors.Is(err, ErrNoRecord) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec.Chunk == "" || rec.Payload == nil {
+		return nil, nil
+	}
+	if !Owns(owner, rec.Owner) {
+		return nil, ErrNotFound
+	}
+	return rec, nil
 }
 
 // info returns the task of email id if owner may change it (Owns), else
@@ -63,6 +91,12 @@ func (a *Admin) Retry(ctx context.Context, id string) error {
 // RetryFor is Retry for one owner: another owner's email is ErrNotFound.
 // An empty owner is every owner.
 func (a *Admin) RetryFor(ctx context.Context, id, owner string) error {
+	if rec, err := a.held(ctx, id, owner); err != nil || rec != nil {
+		if err != nil {
+			return err
+		}
+		return a.retryHeld(ctx, id, rec)
+	}
 	info, err := a.info(id, owner)
 	if err != nil {
 		return err
@@ -91,6 +125,12 @@ func (a *Admin) Cancel(ctx context.Context, id string, extra ...func(*Email) (Ex
 // CancelFor is Cancel for one owner: another owner's email is ErrNotFound.
 // An empty owner is every owner.
 func (a *Admin) CancelFor(ctx context.Context, id, owner string, extra ...func(*Email) (Extra, error)) error {
+	if rec, err := a.held(ctx, id, owner); err != nil || rec != nil {
+		if err != nil {
+			return err
+		}
+		return a.cancelHeld(ctx, id, rec, extra)
+	}
 	info, err := a.info(id, owner)
 	if err != nil {
 		return err
@@ -132,6 +172,73 @@ func (a *Admin) CancelFor(ctx context.Context, id, owner string, extra ...func(*
 		}
 	}
 	return a.Store.Save(ctx, id, u)
+}
+
+// cancelHeld cancels email id, held by a chunk (rec): atomically, in a
+// script on its record, so that the chunk's worker either claims it
+// first (not canceled: sending) or skips it. The extras' commands follow
+// the change in a second round trip.
+func (a *Admin) cancelHeld(ctx context.Context, id string, rec *Record, extra []func(*Email) (Extra, error)) error {
+	var extras []Extra
+	if e, err := DecodeEmail(rec.Payload); err == nil {
+		for _, f := range extra {
+			x, err := f(e)
+			if err != nil {
+				return err
+			}
+			if x != nil {
+				extras = append(extras, x)
+			}
+		}
+	}
+	err := a.Store.cancelHeld(ctx, id)
+	if errors.Is(err, errNotHeld) {
+		// It left the chunk since: its own task holds it now.
+		return a.CancelFor(ctx, id, rec.Owner, extra...)
+	}
+	if err != nil || len(extras) == 0 {
+		return err
+	}
+	return a.Store.Save(ctx, id, Update{Extra: func(ctx context.Context, c redis.Cmdable) []redis.Cmder {
+		var cmds []redis.Cmder
+		for _, x := range extras {
+			cmds = append(cmds, x(ctx, c)...)
+		}
+		return cmds
+	}})
+}
+
+// retryHeld gives a failed or canceled email held by a chunk (rec) one
+// more attempt: a task of its own, as a single send's.
+func (a *Admin) retryHeld(ctx context.Context, id string, rec *Record) error {
+	switch rec.State {
+	case StatusFailed, StatusCanceled:
+	default:
+		return &ErrWrongState{Op: "retry", Status: rec.State}
+	}
+	if a.Enqueuer == nil {
+		return errors.New("retry: no enqueuer for an email of a batch")
+	}
+	e, err := DecodeEmail(rec.Payload)
+	if err != nil {
+		return fmt.Errorf("retry: %w", err)
+	}
+	task, err := a.Topology.NewTask(e, rec.TaskOptions()...)
+	if err != nil {
+		return fmt.Errorf("retry: %w", err)
+	}
+	if err := a.Store.ResetFailed(ctx, id); err != nil {
+		return err
+	}
+	// The chunk lets go of it first: a redelivered chunk must not claim
+	// it beside its task.
+	if err := a.Store.Save(ctx, id, Update{Unchunk: true}); err != nil {
+		return err
+	}
+	if _, err := a.Enqueuer.EnqueueContext(ctx, task); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return fmt.Errorf("retry: %w", err)
+	}
+	return nil
 }
 
 // StateName maps an asynq task state to the email status it shows as.

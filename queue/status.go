@@ -97,16 +97,29 @@ func (l *Lookup) Status(ctx context.Context, id string) (*EmailStatus, error) {
 // none) is ErrNotFound, as if it did not exist. An empty owner is every
 // owner.
 func (l *Lookup) StatusFor(ctx context.Context, id, owner string) (*EmailStatus, error) {
-	info, err := FindTask(l.Inspector, l.Topology, id)
-	if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
-		return nil, fmt.Errorf("get task: %w", err)
-	}
-	if err != nil {
-		info = nil
-	}
 	rec, rerr := l.Store.Get(ctx, id)
 	if rerr != nil && !errors.Is(rerr, ErrNoRecord) {
 		return nil, rerr
+	}
+	var info *asynq.TaskInfo
+	if rec == nil || rec.Chunk == "" {
+		// Held by its own task (a single send, or an email that left its
+		// chunk), or by none: asynq's task says where it stands. The
+		// record is read again after it: the worker writes the record
+		// before the task moves on, so a task seen finished comes with
+		// the record that finished it.
+		var err error
+		info, err = FindTask(l.Inspector, l.Topology, id)
+		if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) {
+			return nil, fmt.Errorf("get task: %w", err)
+		}
+		if err != nil {
+			info = nil
+		}
+		rec, rerr = l.Store.Get(ctx, id)
+		if rerr != nil && !errors.Is(rerr, ErrNoRecord) {
+			return nil, rerr
+		}
 	}
 	if info == nil && rec == nil {
 		return nil, ErrNotFound
@@ -135,6 +148,28 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 	if !rec.SentAt.IsZero() {
 		t := rec.SentAt
 		st.SentAt = &t
+	}
+	var held *Email
+	if info == nil && rec.Payload != nil {
+		held, _ = DecodeEmail(rec.Payload) // unreadable: the record alone, below
+	}
+	if held != nil {
+		// A chunk holds the email (or held it): its record has its
+		// payload (beside it) and its state.
+		e := held
+		st.Status = rec.State
+		if st.Status == StatusRetrying && rec.Chunk == "" {
+			// Left its chunk, and its own task is gone (retention over).
+			st.Status = StatusFailed
+		}
+		st.CreatedAt, st.Subject, st.Owner, st.Metadata = e.CreatedAt, e.Subject, e.Owner, e.Metadata
+		st.Priority, st.BatchID = e.PriorityOrNormal(), e.BatchID
+		st.MaxAttempts = rec.MaxAttempts
+		if st.Status == StatusScheduled {
+			st.NextAttemptAt = timePtr(e.SendAt)
+		}
+		st.Recipients = emailRecipients(e, rec)
+		return st, nil
 	}
 	if info == nil {
 		// asynq no longer holds the task (retention over, or canceled):
@@ -195,6 +230,14 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 			st.FailureReason = ReasonTransient
 		}
 	}
+	st.Recipients = emailRecipients(e, rec)
+	return st, nil
+}
+
+// emailRecipients are e's recipients, To, Cc then Bcc, each with its
+// result in rec (pending if none).
+func emailRecipients(e *Email, rec *Record) []RecipientStatus {
+	var out []RecipientStatus
 	for _, kind := range []struct {
 		name string
 		list []Address
@@ -208,10 +251,10 @@ func Compose(id string, info *asynq.TaskInfo, rec *Record) (*EmailStatus, error)
 			} else if why, ok := e.SuppressedReason(a.Address); ok {
 				rs.Status, rs.Reason = RecipientSuppressed, why // found so at intake
 			}
-			st.Recipients = append(st.Recipients, rs)
+			out = append(out, rs)
 		}
 	}
-	return st, nil
+	return out
 }
 
 func recordRecipients(rec *Record) []RecipientStatus {

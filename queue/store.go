@@ -99,6 +99,15 @@ type Record struct {
 	Priority, BatchID string
 	// Stale marks a record of an earlier email with the same id.
 	Stale bool
+	// Held: a chunk held the email (Store.Hold). Chunk is the chunk
+	// that holds it still, if one does; Payload its payload (nil once a
+	// sent one's expired), and MaxAttempts, Retention and AttemptTimeout
+	// its task options.
+	Held                      bool
+	Chunk                     string
+	Payload                   []byte
+	MaxAttempts               int
+	Retention, AttemptTimeout time.Duration
 }
 
 // Store keeps delivery records in Redis, one hash per email. Every key of an
@@ -126,6 +135,12 @@ func NewStore(rdb redis.UniversalClient, ttl time.Duration) *Store {
 }
 
 func recordKey(id string) string { return "sendq:email:{" + id + "}" }
+
+// PayloadKey holds the payload of an email a chunk holds (Store.Hold), in
+// the slot of its record: apart from the record, so that the record stays
+// a small hash (Redis' compact encoding; a 1 KB member would make it a
+// hash table) and the payload can expire on its own.
+func PayloadKey(id string) string { return "sendq:email:{" + id + "}:p" }
 
 const rcptPrefix = "r:"
 
@@ -164,6 +179,13 @@ type Update struct {
 	DKIMSignature string
 	// Reset drops the record before writing (it was Stale).
 	Reset bool
+	// Unchunk: the email leaves its chunk for a task of its own (a
+	// retry), which holds it from now on.
+	Unchunk bool
+	// PayloadTTL, if set, makes the payload of a held email expire then
+	// (a sent email's, after Retention, as asynq forgets a single send's
+	// task).
+	PayloadTTL time.Duration
 	// Extra, if set, adds commands to the same round trip, before the
 	// record's: another package's keys under the email's hash tag (the
 	// events of the attempt), so that the record is never written
@@ -218,7 +240,7 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		}
 		fields = append(fields, rcptPrefix+addr, b)
 	}
-	if len(fields) == 0 && u.Extra == nil {
+	if len(fields) == 0 && u.Extra == nil && !u.Unchunk && u.PayloadTTL <= 0 {
 		return nil
 	}
 	// The commands run in order, in one round trip. A MULTI would cost
@@ -238,6 +260,12 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		if len(fields) > 0 {
 			cmds = append(cmds, ap.HSet(ctx, key, fields...), ap.Expire(ctx, key, s.ttl))
 		}
+		if u.Unchunk {
+			cmds = append(cmds, ap.HDel(ctx, key, "chunk"))
+		}
+		if u.PayloadTTL > 0 {
+			cmds = append(cmds, ap.PExpire(ctx, PayloadKey(id), u.PayloadTTL))
+		}
 		for _, c := range cmds {
 			if err := c.Err(); err != nil {
 				return fmt.Errorf("save record: %w", err)
@@ -256,6 +284,12 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 		pipe.HSet(ctx, key, fields...)
 		pipe.Expire(ctx, key, s.ttl)
 	}
+	if u.Unchunk {
+		pipe.HDel(ctx, key, "chunk")
+	}
+	if u.PayloadTTL > 0 {
+		pipe.PExpire(ctx, PayloadKey(id), u.PayloadTTL)
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("save record: %w", err)
 	}
@@ -266,6 +300,10 @@ func (s *Store) Save(ctx context.Context, id string, u Update) error {
 var ErrNoRecord = errors.New("no record")
 
 // Get returns the record of email id, or ErrNoRecord.
+//
+// The record of an email a chunk held (Store.Hold) comes with its payload,
+// which is kept under a key of its own (PayloadKey), read in a second
+// round trip.
 func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	m, err := s.rdb.HGetAll(ctx, recordKey(id)).Result()
 	if err != nil {
@@ -274,7 +312,16 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	if len(m) == 0 {
 		return nil, ErrNoRecord
 	}
-	return parseRecord(m)
+	rec, err := parseRecord(m)
+	if err != nil || !rec.Held {
+		return rec, err
+	}
+	p, err := s.rdb.Get(ctx, PayloadKey(id)).Bytes()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("get record: %w", err)
+	}
+	rec.Payload = p // nil once it expired (a sent email, after Retention)
+	return rec, nil
 }
 
 func parseRecord(m map[string]string) (*Record, error) {
@@ -307,6 +354,23 @@ func parseRecord(m map[string]string) (*Record, error) {
 			r.CreatedAt = t
 		case k == "dkim":
 			r.DKIMSignature = v
+		case k == "chunk":
+			r.Chunk = v
+		case k == "held":
+			r.Held = true
+		case k == "max_attempts", k == "retention_ms", k == "timeout_ms":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("record %s %q: %w", k, v, err)
+			}
+			switch k {
+			case "max_attempts":
+				r.MaxAttempts = int(n)
+			case "retention_ms":
+				r.Retention = time.Duration(n) * time.Millisecond
+			default:
+				r.AttemptTimeout = time.Duration(n) * time.Millisecond
+			}
 		case k == "sent_at":
 			t, err := time.Parse(time.RFC3339Nano, v)
 			if err != nil {

@@ -117,6 +117,12 @@ type Email struct {
 	// change it).
 	Template        string `json:"template,omitempty"`
 	TemplateVersion int    `json:"template_version,omitzero"`
+
+	// SharedAttachments, when set, is the Redis key of the attachments
+	// the email shares with others of its batch, kept once
+	// (Store.Share) instead of in every payload; Attachments is then
+	// empty until the worker loads them (Store.LoadShared).
+	SharedAttachments string `json:"shared_attachments,omitempty"`
 }
 
 // Suppressed is a recipient the intake found suppressed, and why.

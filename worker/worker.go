@@ -99,6 +99,10 @@ type Config struct {
 	NoTextPart bool
 	// Store keeps delivery records. Required.
 	Store *queue.Store
+	// Enqueuer queues the task of its own an email of a chunk gets when
+	// it is to be tried again. If nil, an asynq client on the worker's
+	// Redis.
+	Enqueuer queue.Enqueuer
 	// Events stores each attempt's events with its record and hands them
 	// to webhook delivery (the events package). If nil, none.
 	Events Events
@@ -244,6 +248,12 @@ type Worker struct {
 	general chan struct{}
 	// texts keeps the text parts derived from the last HTML bodies.
 	texts TextParts
+	// slots holds a token per email of a chunk being delivered: at most
+	// Concurrency across every chunk of the process.
+	slots chan struct{}
+	// highSlots are the slots of high priority chunks: HighConcurrency.
+	highSlots chan struct{}
+	enq       queue.Enqueuer
 }
 
 const maxCooldown = 30 * time.Second
@@ -258,7 +268,12 @@ func New(rdb redis.UniversalClient, cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	w := &Worker{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, relays: relays, now: time.Now,
-		general: make(chan struct{}, cfg.Pool.Size-cfg.ReservedConns)}
+		general: make(chan struct{}, cfg.Pool.Size-cfg.ReservedConns), slots: make(chan struct{}, cfg.Concurrency),
+		highSlots: make(chan struct{}, cfg.HighConcurrency),
+		enq:       cfg.Enqueuer}
+	if w.enq == nil {
+		w.enq = asynq.NewClientFromRedisClient(rdb)
+	}
 	// Scheduled emails and due retries are moved to their queue by each
 	// server's forwarder: the first fetcher and the high one check every
 	// 250ms (SendAt is honoured within about a second and a quarter:
@@ -325,6 +340,7 @@ func (w *Worker) newServer(rdb redis.UniversalClient, concurrency int, queues ma
 func (w *Worker) Start() error {
 	mux := asynq.NewServeMux()
 	mux.Handle(queue.TypeSendEmail, w)
+	mux.HandleFunc(queue.TypeSendChunk, w.ProcessChunk)
 	for i, srv := range w.srvs {
 		if err := srv.Start(mux); err != nil {
 			for _, started := range w.srvs[:i] {
@@ -392,16 +408,27 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		w.log.Error("undecodable task", "err", err)
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
-	log := w.log.With("email_id", e.ID)
 	rec, err := w.cfg.Store.Load(ctx, e)
 	if err != nil {
 		w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
-		log.Warn("delivery attempt aborted", "err", err)
+		w.log.Warn("delivery attempt aborted", "email_id", e.ID, "err", err)
 		return err
 	}
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	lastTry := retried >= maxRetry
+	return w.attempt(ctx, start, e, rec, retried, maxRetry, nil)
+}
+
+// attempt delivers e (its record rec, retried earlier attempts by
+// asynq's count, maxRetry allowed) to every recipient not yet settled,
+// writes the record and returns what asynq is to hear. run is the chunk
+// the email came in, nil for an email with a task of its own.
+func (w *Worker) attempt(ctx context.Context, start time.Time, e *queue.Email, rec *queue.Record, retried, maxRetry int,
+	run *chunkRun) error {
+	log := w.log.With("email_id", e.ID)
+	// The record counts attempts too: an email of a chunk that left it
+	// has a task whose count began after its first attempt.
+	lastTry := retried >= maxRetry || rec.Attempts >= maxRetry
 	// asynq counts failed attempts (a worker that died counts too, once
 	// its lease expired); the record counts attempts that got to write.
 	// A task requeued by a shutdown is counted by neither until it ends.
@@ -442,7 +469,15 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case start.Sub(e.WindowStart()) > w.cfg.MaxAge:
 		failAll(queue.ReasonExpired, fmt.Sprintf("expired: not delivered within %s", w.cfg.MaxAge))
 	default:
-		msg, err := w.message(e, rec.DKIMSignature)
+		if err := w.cfg.Store.LoadShared(ctx, e, run.sharedCache()); errors.Is(err, queue.ErrSharedGone) {
+			failAll(queue.ReasonInvalid, oneLine(err.Error()))
+			break
+		} else if err != nil {
+			w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
+			log.Warn("delivery attempt aborted", "err", err)
+			return err
+		}
+		msg, err := w.message(e, rec.DKIMSignature, run.texts())
 		if err != nil {
 			// The message could not be built or signed: nothing will fix that.
 			failAll(queue.ReasonInvalid, oneLine(err.Error()))
@@ -518,6 +553,17 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case nDeferred > 0:
 		outcome, u.State = metrics.OutcomeRetry, queue.StatusRetrying
 		ret = &deferredError{n: nDeferred, last: u.LastError, throttled: throttle}
+		if run != nil {
+			// It leaves the chunk for a task of its own, queued before
+			// the record says so: a crash in between leaves it sending in
+			// the chunk, which takes it again when redelivered.
+			if err := run.leave(ctx, e, rec, w.retryDelay(retried, ret, nil)); err != nil {
+				w.m.Attempts.WithLabelValues(metrics.OutcomeAborted).Inc()
+				log.Error("give the email a task of its own", "err", err)
+				return err
+			}
+			u.Unchunk = true
+		}
 	case nFailed > 0:
 		outcome, u.State, u.Reason = metrics.OutcomeFailed, queue.StatusFailed, reason
 		ret = fmt.Errorf("%d recipient(s) failed: %s: %w", nFailed, u.LastError, asynq.SkipRetry)
@@ -529,6 +575,11 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		ret = fmt.Errorf("%d recipient(s) suppressed: %w", nSuppressed, asynq.SkipRetry)
 	default:
 		outcome, u.State, u.SentAt = metrics.OutcomeSent, queue.StatusSent, w.now()
+		if rec.Held && rec.Retention > 0 {
+			// A batch email's payload goes after the retention, as a
+			// single send's task does.
+			u.PayloadTTL = rec.Retention
+		}
 	}
 	// The attempt's events are stored in the record's write; their
 	// hand-off follows it (a crash in between: the events sweeper).

@@ -412,7 +412,7 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 			ReservedConns: cfg.ReservedConns, Topology: topo, RetryBaseDelay: cfg.RetryBase, RetryMaxDelay: cfg.RetryMax,
 			MaxAge: cfg.MaxAge, ShutdownTimeout: cfg.ShutdownTimeout, SMTPRate: cfg.SMTPRate,
 			DKIM: dkimSigner, NoTextPart: !cfg.TextPart,
-			Store: wstore, Events: wlog, Logger: log, Metrics: m,
+			Store: wstore, Enqueuer: wclient, Events: wlog, Logger: log, Metrics: m,
 			Suppression: wlist, Notifier: notifier, Signer: signer, BounceDomain: cfg.BounceDomain, PublicURL: cfg.PublicURL,
 		})
 		if err != nil {

@@ -48,7 +48,8 @@ func operate(name string, ids []string, cfg *config.Config, stdout, stderr io.Wr
 		return 1
 	}
 	topo := cfg.Topology()
-	admin := &queue.Admin{Inspector: insp, Store: store, Topology: topo}
+	enq := asynq.NewClientFromRedisClient(rdb)
+	admin := &queue.Admin{Inspector: insp, Store: store, Topology: topo, Enqueuer: enq}
 	switch name {
 	case "queues":
 		// One line per priority, its shards summed.

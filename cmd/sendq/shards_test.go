@@ -87,14 +87,46 @@ func TestQueueShardsSpreadOverTheCluster(t *testing.T) {
 	}
 	t.Logf("tasks per master: %v", per)
 
+	// Batches: their chunks spread over the shards too. A scheduled batch
+	// is canceled whole; another is delivered.
+	const nb = 300
+	seeds := bytes.Repeat(append(bytes.TrimSpace(seedJSON), ','), nb)
+	seeds = seeds[:len(seeds)-1]
+	sched := call(t, "POST", base+"/v1/emails/batch", fmt.Appendf(nil, `{"Defaults": {"SendAt": %q}, "Messages": [%s]}`,
+		time.Now().Add(time.Hour).UTC().Format(time.RFC3339), seeds), nil)
+	var sb struct {
+		BatchID  string `json:"batch_id"`
+		Accepted int
+	}
+	if err := json.Unmarshal(sched.Body, &sb); err != nil || sched.Resp.StatusCode != 202 || sb.Accepted != nb {
+		t.Fatalf("scheduled batch: %d %s", sched.Resp.StatusCode, sched.Body)
+	}
+	if c := call(t, "DELETE", base+"/v1/batches/"+sb.BatchID, nil, nil); c.Resp.StatusCode != 200 || !bytes.Contains(c.Body, fmt.Appendf(nil, `"canceled":%d`, nb)) {
+		t.Fatalf("DELETE batch: %d %s; want %d canceled", c.Resp.StatusCode, c.Body, nb)
+	}
+	now := call(t, "POST", base+"/v1/emails/batch", fmt.Appendf(nil, `{"Messages": [%s]}`, seeds), nil)
+	var nbody struct {
+		BatchID string `json:"batch_id"`
+		Results []struct{ ID string }
+	}
+	if err := json.Unmarshal(now.Body, &nbody); err != nil || now.Resp.StatusCode != 202 || len(nbody.Results) != nb {
+		t.Fatalf("batch: %d %s", now.Resp.StatusCode, now.Body)
+	}
+
 	// A worker with the same shards serves them all, once each.
 	w := proctest.Start(t, binary, "worker", env...)
 	deadline := time.Now().Add(3 * time.Minute)
-	for len(sink.Messages()) < n+1 && time.Now().Before(deadline) {
+	for len(sink.Messages()) < n+1+nb && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
 	}
-	if got := len(sink.Messages()); got != n+1 {
-		t.Fatalf("SMTP server got %d messages; want %d", got, n+1)
+	if got := len(sink.Messages()); got != n+1+nb {
+		t.Fatalf("SMTP server got %d messages; want %d", got, n+1+nb)
+	}
+	if st := waitStatus(t, base, nbody.Results[nb-1].ID, nil, "sent", "failed"); st["status"] != "sent" || st["batch_id"] != nbody.BatchID {
+		t.Errorf("batch email: %v", st)
+	}
+	if c := call(t, "GET", base+"/v1/batches/"+sb.BatchID, nil, nil); !bytes.Contains(c.Body, fmt.Appendf(nil, `"canceled":%d`, nb)) {
+		t.Errorf("canceled batch: %s", c.Body)
 	}
 	if st := waitStatus(t, base, a1.ID, nil, "sent", "failed"); st["status"] != "sent" {
 		t.Errorf("idempotent email: %v", st)

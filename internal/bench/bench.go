@@ -99,6 +99,12 @@ type options struct {
 	prioBulk         int
 	prioN            int
 	tplBatches       int // templated.go
+	batchPhase       bool
+	batchSize        int
+	batchC           int
+	batchN           int
+	batchRSS         int
+	prioBatches      bool
 }
 
 const usage = `Usage: sendq bench [flags]
@@ -148,8 +154,14 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.baselines, "baselines", true, "measure the baselines (false: sendq only)")
 	fs.DurationVar(&o.stall, "stall-timeout", 30*time.Second, "fail a phase that makes no progress for this long")
 	fs.IntVar(&o.prioBulk, "priority-bulk", 50000, "bulk emails queued for the priority phase (last round; at most 10 x -n): the worker is busy with them while high and normal ones are posted; 0 skips it")
+	fs.BoolVar(&o.prioBatches, "priority-batches", false, "queue the priority phase's bulk backlog as 1,000-message batches (chunk tasks) instead of one task per email")
 	fs.IntVar(&o.prioN, "priority-n", 50, "high emails, then normal ones, posted one every 100 ms in the priority phase")
 	fs.IntVar(&o.tplBatches, "templated-batches", 20, "batches of 1,000 templated messages posted in the templated-batch phase (last round); 0 skips it")
+	fs.BoolVar(&o.batchPhase, "batch", true, "measure the batch phases: batch intake (POST /v1/emails/batch), then the delivery of what it queued")
+	fs.IntVar(&o.batchSize, "batch-size", 1000, "messages per batch of the batch phases (each like a single send of the run)")
+	fs.IntVar(&o.batchC, "batch-c", 4, "concurrent HTTP clients posting batches")
+	fs.IntVar(&o.batchN, "batch-n", 0, "emails of the batch phases (whole batches): posted, then delivered from the queue; 0: -n")
+	fs.IntVar(&o.batchRSS, "batch-rss", 0, "last round: queue this many batch emails (e.g. 100000), then sample the process' RSS while the worker delivers them; 0 skips it")
 	fs.BoolVar(&o.verbose, "v", false, "write sendq's logs (info and up) to stderr")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -162,11 +174,20 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		name string
 		v    int
 	}{{"n", o.n}, {"c", o.c}, {"rounds", o.rounds}, {"pool", o.pool}, {"workers", o.workers}, {"naive-concurrency", o.naiveConcurrency},
-		{"noop-concurrency", o.noopConcurrency}, {"enqueue-goroutines", o.enqueueWorkers}, {"rcpts", o.rcpts}} {
+		{"noop-concurrency", o.noopConcurrency}, {"enqueue-goroutines", o.enqueueWorkers}, {"rcpts", o.rcpts},
+		{"batch-size", o.batchSize}, {"batch-c", o.batchC}} {
 		if f.v < 1 {
 			errs = append(errs, fmt.Sprintf("-%s must be at least 1", f.name))
 		}
 	}
+	if o.batchRSS < 0 || o.batchN < 0 {
+		errs = append(errs, "-batch-n and -batch-rss may not be negative")
+	}
+	if o.batchN == 0 {
+		o.batchN = o.n
+	}
+	// A short run (small -n) posts smaller batches.
+	o.batchSize = min(o.batchSize, o.batchN)
 	if o.concurrency < 0 || o.fetchers < 0 || o.bodyBytes < 0 || o.smtpLatency < 0 || o.liveDuration < 0 || o.liveRate < 0 {
 		errs = append(errs, "-worker-concurrency, -worker-fetchers, -body-bytes, -smtp-latency, -live-duration and -live-rate may not be negative")
 	}
@@ -292,6 +313,13 @@ type results struct {
 	noop         throughput
 	raw          throughput
 
+	batchIntake                      *batchLoad
+	batchMem                         float64 // Redis bytes per queued batch email
+	batchDelivery                    throughput
+	batchIntakeCPU, batchDeliveryCPU cost
+	batchRSS                         int64 // bytes: peak while batchRSSN batch emails were delivered
+	batchRSSN                        int
+
 	// CPU used per phase, by this process and by Redis: unlike rates,
 	// CPU per email hardly moves when other work shares the machine.
 	intakeCPU, naiveIntakeCPU                    cost
@@ -381,6 +409,9 @@ func (r *runner) run(ctx context.Context) error {
 		r.sink = s
 		defer s.close()
 		sendqSide = append(sendqSide, r.sendq)
+		if o.batchPhase {
+			sendqSide = append(sendqSide, r.batch)
+		}
 		if o.prioBulk > 0 {
 			sendqSide = append(sendqSide, r.priority)
 		}

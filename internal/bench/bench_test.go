@@ -79,6 +79,11 @@ func TestMainTiny(t *testing.T) {
 		{"enqueue-to-250, backlog of 200, p50 (ms)", ""},
 		{"enqueue-to-250, backlog of 200, p99 (ms)", ""},
 		{"peak RSS during delivery (whole process) (MB)", ""},
+		{"batch intake, 200-message batches, c=4 (emails/s)", "naive intake"},
+		{"batch intake latency of one 200-message batch p99 (ms)", ""},
+		{"Redis memory per queued batch email (bytes)", "naive intake"},
+		{"batch delivery, 200 queued batch emails (emails/s)", "asynq no-op"},
+		{"batch delivery CPU per email, this process (µs)", "asynq no-op"},
 	}
 	for _, w := range wantRows {
 		line := findRow(out, w.prefix, w.baseline)

@@ -142,6 +142,14 @@ type loadResult struct {
 	SentAt   []time.Time     // when request i was sent
 }
 
+// reqPerSec is ReqPerSec, 0 for a nil result.
+func (r *loadResult) reqPerSec() float64 {
+	if r == nil {
+		return 0
+	}
+	return r.ReqPerSec()
+}
+
 // ReqPerSec is the request rate over the run.
 func (r *loadResult) ReqPerSec() float64 { return rate(r.N, r.Elapsed) }
 

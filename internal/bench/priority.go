@@ -62,33 +62,15 @@ func (r *runner) priority(ctx context.Context) error {
 		return fmt.Errorf("sendq api: %w", err)
 	}
 	defer api.stop()
-	e, err := r.req.email()
-	if err != nil {
+	if o.prioBatches {
+		// As a product queues a bulk send: batches (chunk tasks).
+		in, _, _, err := r.batchIntake(ctx, api, "priority: bulk batches", r.phase("prio-bulk"), nBulk)
+		if err != nil {
+			return err
+		}
+		nBulk = in.accepted
+	} else if err := queueBulk(ctx, r, api, nBulk); err != nil {
 		return err
-	}
-	e.Priority = queue.PriorityBulk
-	var next atomic.Int64
-	var enqErr atomic.Pointer[error]
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for next.Add(1) <= int64(nBulk) {
-				c := *e
-				c.ID = uuid.Must(uuid.NewV7()).String()
-				task, err := queue.NewTask(&c)
-				if err == nil {
-					_, err = api.enq.EnqueueContext(ctx, task, asynq.MaxRetry(api.cfg.MaxAttempts-1), asynq.Retention(api.cfg.Retention))
-				}
-				if err != nil {
-					enqErr.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if p := enqErr.Load(); p != nil {
-		return fmt.Errorf("queue bulk: %w", *p)
 	}
 	w, err := api.newWorker(r.sink.addr, o.pool, o.concurrency, o.fetchers)
 	if err != nil {
@@ -156,5 +138,39 @@ func (r *runner) priority(ctx context.Context) error {
 	slices.Sort(res.high)
 	slices.Sort(res.normal)
 	r.prio = res
+	return nil
+}
+
+// queueBulk queues n bulk emails straight into Redis, one task each, as
+// single sends' would be.
+func queueBulk(ctx context.Context, r *runner, api *sendqProc, nBulk int) error {
+	e, err := r.req.email()
+	if err != nil {
+		return err
+	}
+	e.Priority = queue.PriorityBulk
+	var next atomic.Int64
+	var enqErr atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for next.Add(1) <= int64(nBulk) {
+				c := *e
+				c.ID = uuid.Must(uuid.NewV7()).String()
+				task, err := queue.NewTask(&c)
+				if err == nil {
+					_, err = api.enq.EnqueueContext(ctx, task, asynq.MaxRetry(api.cfg.MaxAttempts-1), asynq.Retention(api.cfg.Retention))
+				}
+				if err != nil {
+					enqErr.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if p := enqErr.Load(); p != nil {
+		return fmt.Errorf("queue bulk: %w", *p)
+	}
 	return nil
 }

@@ -310,6 +310,51 @@ func (r *runner) figures(res *results) []figure {
 			add("peak RSS during delivery (whole process)", "MB", float64(res.rssPeak)/(1<<20), true, "", 0, false)
 		}
 	}
+	out = append(out, r.batchFigures(res)...)
+	return out
+}
+
+// batchFigures lists what the batch phases measured in one round.
+func (r *runner) batchFigures(res *results) []figure {
+	o := r.o
+	var out []figure
+	add := func(name, unit string, sendq float64, baseName string, base float64, haveBase bool) {
+		f := figure{name: name, unit: unit, baseName: baseName, sendq: ptr(sendq)}
+		if haveBase {
+			f.base = ptr(base)
+		}
+		out = append(out, f)
+	}
+	const naive = "naive intake: handler + asynq Enqueue, requests/s"
+	noop := fmt.Sprintf("asynq no-op handler, c=%d, tasks/s", o.noopConcurrency)
+	if b := res.batchIntake; b != nil && b.accepted > 0 {
+		add(fmt.Sprintf("batch intake, %d-message batches, c=%d", o.batchSize, o.batchC), "emails/s", b.emailsPerSec(),
+			naive, res.naiveIntake.reqPerSec(), res.naiveIntake != nil)
+		for _, p := range []struct {
+			name string
+			p    float64
+		}{{"p50", 50}, {"p99", 99}, {"max", 100}} {
+			add(fmt.Sprintf("batch intake latency of one %d-message batch %s", o.batchSize, p.name), "ms", ms(percentile(b.latency, p.p)), "", 0, false)
+		}
+		if c := res.batchIntakeCPU; c.self > 0 {
+			nc := res.naiveIntakeCPU
+			add("batch intake CPU per email, this process", "µs", c.selfPer(), "naive intake per request (same load generator)", nc.selfPer(), nc.n > 0)
+			add("batch intake Redis CPU per email", "µs", c.redisPer(), "naive intake per request", nc.redisPer(), nc.n > 0)
+		}
+		if res.batchMem > 0 {
+			add("Redis memory per queued batch email", "bytes", res.batchMem, "naive intake per queued email", res.naiveMem, res.naiveMem > 0)
+		}
+	}
+	if d := res.batchDelivery; d.n > 0 {
+		add(fmt.Sprintf("batch delivery, %d queued batch emails", d.n), "emails/s", d.perSec(), noop, res.noop.perSec(), res.noop.n > 0)
+		if c := res.batchDeliveryCPU; c.self > 0 {
+			add("batch delivery CPU per email, this process", "µs", c.selfPer(), "asynq no-op per task (same process)", res.noopCPU.selfPer(), res.noopCPU.n > 0)
+			add("batch delivery Redis CPU per email", "µs", c.redisPer(), "asynq no-op per task", res.noopCPU.redisPer(), res.noopCPU.n > 0)
+		}
+	}
+	if res.batchRSS > 0 {
+		add(fmt.Sprintf("peak RSS delivering %d queued batch emails (whole process)", res.batchRSSN), "MB", float64(res.batchRSS)/(1<<20), "", 0, false)
+	}
 	return out
 }
 
