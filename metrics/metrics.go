@@ -94,7 +94,13 @@ type Metrics struct {
 	SuppressionsAdded    *prometheus.CounterVec // reason
 	InboundRejected      *prometheus.CounterVec // reason
 	InboundReports       *prometheus.CounterVec // type, result
+
+	TemplatedEmails *prometheus.CounterVec // result: TemplateResults
 }
+
+// TemplateResults are the results of a message naming a template at
+// intake: rendered, or the 400 it got.
+var TemplateResults = []string{"rendered", "missing_variable", "unknown_template", "invalid_data"}
 
 // Suppression stages: where a suppressed recipient was stopped.
 const (
@@ -216,6 +222,11 @@ func New(reg prometheus.Registerer, gatherer prometheus.Gatherer) *Metrics {
 		Help: "Messages to the bounce listener refused or ignored as a whole, by reason."}, []string{"reason"})
 	m.InboundReports = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "inbound_reports_total",
 		Help: "Recipients named by delivery status and complaint reports, by report type and result."}, []string{"type", "result"})
+	m.TemplatedEmails = f.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "templated_emails_total",
+		Help: "Messages naming a template at intake (single sends and batch messages), by result: rendered, or refused as missing_variable, unknown_template or invalid_data."}, []string{"result"})
+	for _, r := range TemplateResults {
+		m.TemplatedEmails.WithLabelValues(r)
+	}
 	for _, st := range []string{StageIntake, StageDelivery} {
 		m.RecipientsSuppressed.WithLabelValues(st)
 	}

@@ -424,6 +424,13 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		WriteError(w, http.StatusBadRequest, fe.Code, fe.Field, fe.Message)
 		return
 	}
+	for i, e := range b.emails {
+		if e != nil {
+			a.countTemplated(e, nil)
+		} else if d := b.results[i].Error; d != nil {
+			a.countTemplated(nil, &FieldError{Field: d.Field, Code: d.Code})
+		}
+	}
 	// What a single send refuses with a 403 or a 400 beyond the body's
 	// own rules is one message's fault here.
 	for i, e := range b.emails {

@@ -291,6 +291,11 @@ func (a *API) send(w http.ResponseWriter, r *http.Request, key *APIKey) {
 		a.unavailable(w, se.err)
 		return
 	}
+	if rq != nil && rq.Template != nil {
+		var fe *FieldError
+		errors.As(err, &fe)
+		a.countTemplated(e, fe)
+	}
 	if err != nil {
 		var fe *FieldError
 		if errors.As(err, &fe) {

@@ -170,3 +170,17 @@ func renderError(err error) *FieldError {
 	}
 	return fieldErr("TemplateData", "%v", err)
 }
+
+// countTemplated counts a message that named a template (e its email,
+// or fe the 400 it got) in sendq_templated_emails_total.
+func (a *API) countTemplated(e *queue.Email, fe *FieldError) {
+	switch {
+	case e != nil && e.Template != "":
+		a.m.TemplatedEmails.WithLabelValues("rendered").Inc()
+	case fe == nil || e != nil:
+	case fe.Code == "missing_variable" || fe.Code == "unknown_template":
+		a.m.TemplatedEmails.WithLabelValues(fe.Code).Inc()
+	case strings.Contains(fe.Field, "TemplateData"):
+		a.m.TemplatedEmails.WithLabelValues("invalid_data").Inc()
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/sendq/sendq/internal/apitest"
 	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
@@ -149,6 +151,11 @@ func TestTemplatedBatch(t *testing.T) {
 		e := b.queuedEmail(t, id, queue.PriorityBulk)
 		if e.Subject != w.subject || e.Text != w.text || e.TemplateVersion != 1 {
 			t.Errorf("message %d: subject %q text %q; want %q and %q", i, e.Subject, e.Text, w.subject, w.text)
+		}
+	}
+	for result, want := range map[string]float64{"rendered": 2, "missing_variable": 2, "unknown_template": 1, "invalid_data": 0} {
+		if got := testutil.ToFloat64(b.m.TemplatedEmails.WithLabelValues(result)); got != want {
+			t.Errorf("sendq_templated_emails_total{result=%q} = %v; want %v", result, got, want)
 		}
 	}
 }

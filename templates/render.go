@@ -1,7 +1,6 @@
 package templates
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -93,7 +92,8 @@ func (p *Parsed) Render(data map[string]any) (Rendered, error) {
 // ("" for html/template, which writes nothing for one); size is the
 // source's, about what the output takes.
 func run(part string, exec func(io.Writer, any) error, data map[string]any, src string, size int) (string, error) {
-	var buf bytes.Buffer
+	// A strings.Builder hands its bytes over as the string, uncopied.
+	var buf strings.Builder
 	buf.Grow(size + size/8 + 64)
 	if err := exec(&limited{w: &buf, n: MaxOutput}, data); err != nil {
 		return "", execError(part, err)
