@@ -19,11 +19,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
 	"github.com/sendq/sendq/bulk"
 	"github.com/sendq/sendq/client"
 	"github.com/sendq/sendq/internal/proctest"
 	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/internal/smtptest"
+	"github.com/sendq/sendq/queue"
 )
 
 const sendKey = "send-key-0001"
@@ -538,20 +541,46 @@ func TestSendRetriesThroughAFrozenRedis(t *testing.T) {
 	if !regexp.MustCompile(`sendq_http_requests_total\{code="503",route="POST /v1/emails/batch"\} [1-9]`).MatchString(metrics) {
 		t.Errorf("no batch was answered 503 during the freeze:\n%s", grepLines(metrics, "sendq_http_requests_total"))
 	}
-	// Every row is one pending task of the bulk queue: none lost, none twice.
-	q := exec.Command(binary, "queues")
-	q.Env = []string{"REDIS_URL=" + rs.URL()}
-	out, err := q.CombinedOutput()
-	if err != nil {
-		t.Fatalf("sendq queues: %v\n%s", err, out)
-	}
-	for _, l := range splitLines(string(out)) {
-		if f := strings.Fields(l); len(f) > 3 && f[1] == "bulk" && f[3] != strconv.Itoa(rows) {
-			t.Errorf("bulk pending = %s; want %d\n%s", f[3], rows, out)
+	// Every row is one queued email: none lost, none twice. (A batch's
+	// emails are held in chunk tasks of many: count the emails the chunks
+	// hold, by their recipients.)
+	rdb := rs.Client(t)
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	store := queue.NewStore(rdb, 0)
+	seen := map[string]int{}
+	for _, qn := range queue.DefaultTopology.Queues(queue.PriorityBulk) {
+		tasks, err := insp.ListPendingTasks(qn, asynq.PageSize(10000))
+		if err != nil && !errors.Is(err, asynq.ErrQueueNotFound) {
+			t.Fatal(err)
+		}
+		for _, info := range tasks {
+			if info.Type != queue.TypeSendChunk {
+				t.Fatalf("a task of type %s in %s; want chunks only", info.Type, qn)
+			}
+			c, err := queue.DecodeChunk(info.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range c.IDs {
+				rec, err := store.Get(context.Background(), id)
+				if err != nil || rec.Chunk != c.ID {
+					continue // held by another chunk (of a retried batch)
+				}
+				e, err := queue.DecodeEmail(rec.Payload)
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen[e.To[0].Address]++
+			}
 		}
 	}
-	if !strings.Contains(string(out), "bulk") {
-		t.Errorf("sendq queues has no bulk line:\n%s", out)
+	if len(seen) != rows {
+		t.Errorf("%d rows queued; want %d", len(seen), rows)
+	}
+	for to, k := range seen {
+		if k != 1 {
+			t.Errorf("%s queued %d times; want once", to, k)
+		}
 	}
 }
 

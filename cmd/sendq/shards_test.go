@@ -136,7 +136,7 @@ func TestQueueShardsSpreadOverTheCluster(t *testing.T) {
 		t.Errorf("the queue metric does not sum the shards to %d completed", n+1)
 	}
 
-	shardedBatches(t, base, sink, n+1)
+	shardedBatches(t, base, sink, n+1+nb)
 	w.Stop(t, 30*time.Second)
 	api.Stop(t, 30*time.Second)
 }
