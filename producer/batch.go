@@ -481,6 +481,13 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	defer cancel()
 
 	if len(ids) > 0 {
+		if lim := a.cfg.RatePerKey; !lim.IsZero() && len(ids) > lim.Burst {
+			// The limiter never admits more than its burst at once: a
+			// 429 would be retried for ever.
+			WriteError(w, http.StatusBadRequest, "batch_over_rate", "Messages",
+				fmt.Sprintf("this batch has %d emails to queue and this API key may send %s: send batches of at most %d", len(ids), lim, lim.Burst))
+			return
+		}
 		if !a.cfg.RatePerKey.IsZero() {
 			res, err := a.rate.AllowN(ctx, queue.IntakeRateKey(key.ID), a.cfg.RatePerKey, len(ids))
 			if err != nil {

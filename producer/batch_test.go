@@ -262,6 +262,27 @@ func TestBatchLimits(t *testing.T) {
 	}
 }
 
+// A batch larger than the key's rate burst could never be admitted: it is
+// a 400 that says how large a batch may be, not a 429 retried for ever.
+func TestBatchOverTheRateBurst(t *testing.T) {
+	t.Parallel()
+	v := apitest.NewValidator(t)
+	b := setupAPI(t, func(c *producer.Config) { c.RatePerKey, _ = queue.ParseRate("3/s") })
+	msg := `{"From": "a@example.com", "To": "b@example.com"}`
+	four := `{"Messages": [` + strings.Repeat(msg+",", 3) + msg + `]}`
+	r := b.doChecked(t, v, "POST", "/v1/emails/batch", four, nil)
+	if code, f := errField(r); r.code != 400 || code != "batch_over_rate" || f != "Messages" || !strings.Contains(r.raw2(), "at most 3") {
+		t.Errorf("4 messages, rate 3/s = %d %s; want 400 batch_over_rate saying at most 3", r.code, r.raw)
+	}
+	three := `{"Messages": [` + strings.Repeat(msg+",", 2) + msg + `]}`
+	if r := b.doChecked(t, v, "POST", "/v1/emails/batch", three, nil); r.code != 202 {
+		t.Errorf("3 messages, rate 3/s = %d %s; want 202", r.code, r.raw)
+	}
+	if n := b.queued(t); n != 3 {
+		t.Errorf("%d emails queued; want 3", n)
+	}
+}
+
 // queued is the number of emails queued in every queue of every
 // priority: a single send's task counts one, a chunk task (batches) each
 // of its emails whose record says this chunk holds it (a chunk of a
