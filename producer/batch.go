@@ -414,14 +414,7 @@ func (a *API) sendBatch(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	}
 
 	b, err := decodeBatch(body, a.cfg.Limits, a.cfg.MaxBatch, a.cfg.MaxBodyBytes, now, a.templateSource(ctx, key))
-	var se *sourceError
-	if errors.As(err, &se) {
-		a.unavailable(w, se.err)
-		return
-	}
-	if err != nil {
-		fe := asFieldError(err)
-		WriteError(w, http.StatusBadRequest, fe.Code, fe.Field, fe.Message)
+	if a.decodeFailed(w, err) {
 		return
 	}
 	for i, e := range b.emails {

@@ -13,7 +13,6 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/sendq/sendq/internal/redistest"
 	"github.com/sendq/sendq/metrics"
 	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
@@ -92,21 +91,12 @@ func benchBatch(n int, sendAt string) []byte {
 
 // benchBatchServer is the intake as `sendq serve` wires it.
 func benchBatchServer(b *testing.B, maxBatch int) *httptest.Server {
-	rs := redistest.Start(b)
-	rdb, err := queue.NewRedisClient(rs.URL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = rdb.Close() })
-	ap, err := queue.NewPipeliner(rdb)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = ap.Close() })
+	rdb, scripts := benchRedis(b)
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, reg)
-	api, err := producer.New(rdb, asynq.NewClientFromRedisClient(queue.ScriptsPipelined(rdb, ap)),
-		asynq.NewInspectorFromRedisClient(rdb), queue.NewStore(rdb, time.Hour), producer.Config{Metrics: m, MaxBatch: maxBatch})
+	api, err := producer.New(rdb, asynq.NewClientFromRedisClient(scripts),
+		asynq.NewInspectorFromRedisClient(rdb), queue.NewStore(rdb, time.Hour),
+		producer.Config{Metrics: m, MaxBatch: maxBatch, Scripts: ownScripts(b, rdb)})
 	if err != nil {
 		b.Fatal(err)
 	}

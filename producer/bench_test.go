@@ -166,18 +166,7 @@ func benchPost(b *testing.B, h http.Handler) {
 func BenchmarkKeyedSendRedis(b *testing.B) {
 	for _, mode := range []string{"direct", "shared", "own", "none"} {
 		b.Run("claim="+mode, func(b *testing.B) {
-			rs := redistest.Start(b)
-			rdb, err := queue.NewRedisClient(rs.URL())
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { _ = rdb.Close() })
-			ap, err := queue.NewPipeliner(rdb)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { _ = ap.Close() })
-			scripts := queue.ScriptsPipelined(rdb, ap)
+			rdb, scripts := benchRedis(b)
 			keys, err := producer.ParseAPIKeys("bench-0123456789ab")
 			if err != nil {
 				b.Fatal(err)
@@ -189,12 +178,7 @@ func BenchmarkKeyedSendRedis(b *testing.B) {
 			case "shared":
 				cfg.Scripts = scripts
 			case "own":
-				cap, err := queue.NewPipeliner(rdb)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.Cleanup(func() { _ = cap.Close() })
-				cfg.Scripts = queue.ScriptsPipelined(rdb, cap)
+				cfg.Scripts = ownScripts(b, rdb)
 			}
 			api, err := producer.New(rdb, asynq.NewClientFromRedisClient(scripts), asynq.NewInspectorFromRedisClient(rdb),
 				queue.NewStore(rdb, time.Hour), cfg)
@@ -247,4 +231,28 @@ func redisCPU(b *testing.B, rdb redis.UniversalClient) time.Duration {
 		}
 	}
 	return time.Duration(sum * float64(time.Second))
+}
+
+// benchRedis is a private redis-server's client, and the face of it whose
+// scripts (asynq's enqueues) go through an automatic pipeliner, as `sendq
+// serve` wires them.
+func benchRedis(b *testing.B) (redis.UniversalClient, redis.UniversalClient) {
+	rs := redistest.Start(b)
+	rdb, err := queue.NewRedisClient(rs.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = rdb.Close() })
+	return rdb, ownScripts(b, rdb)
+}
+
+// ownScripts is rdb with its scripts on an automatic pipeliner of their
+// own (the Idempotency-Key claims' in `sendq serve`).
+func ownScripts(b *testing.B, rdb redis.UniversalClient) redis.UniversalClient {
+	ap, err := queue.NewPipeliner(rdb)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ap.Close() })
+	return queue.ScriptsPipelined(rdb, ap)
 }

@@ -297,16 +297,25 @@ func (a *API) renderDraft(w http.ResponseWriter, r *http.Request, _ *APIKey) {
 	})
 }
 
-func (a *API) writeRendered(w http.ResponseWriter, req *request, src templateSource) {
-	rr, v, text, err := req.render(src)
+// decodeFailed answers err, a decode or render error, if there is one: 503
+// when the template store could not be read, else 400 naming the field.
+func (a *API) decodeFailed(w http.ResponseWriter, err error) bool {
 	var se *sourceError
-	if errors.As(err, &se) {
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &se):
 		a.unavailable(w, se.err)
-		return
-	}
-	if err != nil {
+	default:
 		fe := asFieldError(err)
 		WriteError(w, http.StatusBadRequest, fe.Code, fe.Field, fe.Message)
+	}
+	return true
+}
+
+func (a *API) writeRendered(w http.ResponseWriter, req *request, src templateSource) {
+	rr, v, text, err := req.render(src)
+	if a.decodeFailed(w, err) {
 		return
 	}
 	out := TemplateRendered{Version: v.Version, Subject: *rr.Subject}
