@@ -431,7 +431,7 @@ func (s *sender) send(ctx context.Context, b *batch) {
 			if limited.IsZero() {
 				limited = time.Now()
 			} else if time.Since(limited) > s.cfg.RateLimitPatience {
-				b.err = s.batchErr(b, fmt.Errorf("%w, for %s: a batch larger than the API key's rate limit allows at once is never admitted; try a smaller -batch",
+				b.err = s.batchErr(b, fmt.Errorf("%w, for %s: the API key's rate limit admitted no batch (other senders on the same key, or a smaller -batch may pass)",
 					err, s.cfg.RateLimitPatience))
 				return
 			}
