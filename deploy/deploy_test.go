@@ -176,7 +176,13 @@ func exported(t *testing.T) map[string]family {
 	// names); two relays without name= are primary and secondary.
 	metrics.New(reg, reg).InitRelays("primary", "secondary")
 	insp := asynq.NewInspectorFromRedisClient(rdb)
-	reg.MustRegister(metrics.NewQueueCollector(insp, queue.Name))
+	// The queues of every priority, as sendq serve groups them, with the
+	// emails their chunks hold.
+	var groups []metrics.QueueGroup
+	for _, p := range queue.Priorities {
+		groups = append(groups, metrics.QueueGroup{Label: queue.BaseName(p), Queues: queue.DefaultTopology.Queues(p)})
+	}
+	reg.MustRegister(metrics.NewShardedQueueCollector(insp, groups).WithHeld(queue.NewStore(rdb, 0).HeldEmails))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)

@@ -289,13 +289,17 @@ func (m *Metrics) Handler() http.Handler {
 // QueueCollector reads queue depths from Redis at scrape time, so the
 // numbers are right however many workers run.
 type QueueCollector struct {
-	insp    *asynq.Inspector
-	groups  []QueueGroup
-	tasks   *prometheus.Desc
-	oldest  *prometheus.Desc
-	memory  *prometheus.Desc
-	up      *prometheus.Desc
-	timeout time.Duration
+	insp   *asynq.Inspector
+	groups []QueueGroup
+	tasks  *prometheus.Desc
+	oldest *prometheus.Desc
+	memory *prometheus.Desc
+	up     *prometheus.Desc
+	held   *prometheus.Desc
+	// heldEmails, if set, counts the emails held by a group's chunk
+	// tasks (WithHeld).
+	heldEmails func(ctx context.Context, queues []string) (int, error)
+	timeout    time.Duration
 }
 
 // QueueGroup is what one queue label shows: the sum of Queues (the shards
@@ -326,7 +330,17 @@ func NewShardedQueueCollector(insp *asynq.Inspector, groups []QueueGroup) *Queue
 		memory: prometheus.NewDesc(namespace+"_queue_memory_bytes", "Redis memory used by the queue's tasks (sampled).",
 			[]string{"queue"}, nil),
 		up: prometheus.NewDesc(namespace+"_redis_up", "1 if Redis answered the last queue scrape.", nil, nil),
+		held: prometheus.NewDesc(namespace+"_queue_held_emails",
+			"Emails of batches held by the queue's chunk tasks not finished yet (pending, scheduled or being delivered); each chunk is one task in sendq_queue_tasks.",
+			[]string{"queue"}, nil),
 	}
+}
+
+// WithHeld makes c export sendq_queue_held_emails, per group, from f: the
+// emails a group's chunk tasks hold (a chunk is one task of many emails).
+func (c *QueueCollector) WithHeld(f func(ctx context.Context, queues []string) (int, error)) *QueueCollector {
+	c.heldEmails = f
+	return c
 }
 
 // Describe implements prometheus.Collector.
@@ -335,6 +349,7 @@ func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.oldest
 	ch <- c.memory
 	ch <- c.up
+	ch <- c.held
 }
 
 // Collect implements prometheus.Collector.
@@ -355,6 +370,16 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, info.Latency.Seconds(), q)
 		ch <- prometheus.MustNewConstMetric(c.memory, prometheus.GaugeValue, float64(info.MemoryUsage), q)
+		if c.heldEmails != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+			n, err := c.heldEmails(ctx, g.Queues)
+			cancel()
+			if err != nil {
+				up = 0
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(n), q)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
 }

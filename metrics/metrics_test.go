@@ -1,9 +1,11 @@
 package metrics_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,5 +97,40 @@ func TestInitRelaysStartsEverySeries(t *testing.T) {
 func TestSuppressionReasonsMatchTheList(t *testing.T) {
 	if fmt.Sprint(metrics.SuppressionReasons) != fmt.Sprint(suppression.Reasons) {
 		t.Errorf("metrics.SuppressionReasons = %v; suppression.Reasons = %v", metrics.SuppressionReasons, suppression.Reasons)
+	}
+}
+
+// The emails a priority's batch chunks hold, from the queue package's
+// counts on a real Redis: a chunk is one task of many emails.
+func TestQueueCollectorHeldEmails(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	store := queue.NewStore(rdb, 0)
+	ctx := context.Background()
+	bulk := queue.DefaultTopology.Queues(queue.PriorityBulk)
+	for i, n := range []int{100, 100, 37} {
+		if err := store.AddHeld(ctx, bulk[0], fmt.Sprintf("chunk-%d", i), n, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Offered twice (a retried batch), counted once; done twice, uncounted once.
+	if err := store.AddHeld(ctx, bulk[0], "chunk-2", 37, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := store.DoneHeld(ctx, bulk[0], "chunk-0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := metrics.NewShardedQueueCollector(asynq.NewInspectorFromRedisClient(rdb), []metrics.QueueGroup{
+		{Label: "emails-bulk", Queues: bulk}, {Label: "emails", Queues: queue.DefaultTopology.Queues(queue.PriorityNormal)},
+	}).WithHeld(store.HeldEmails)
+	want := `
+# HELP sendq_queue_held_emails Emails of batches held by the queue's chunk tasks not finished yet (pending, scheduled or being delivered); each chunk is one task in sendq_queue_tasks.
+# TYPE sendq_queue_held_emails gauge
+sendq_queue_held_emails{queue="emails"} 0
+sendq_queue_held_emails{queue="emails-bulk"} 137
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "sendq_queue_held_emails"); err != nil {
+		t.Error(err)
 	}
 }

@@ -635,6 +635,11 @@ func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer,
 			}
 			task, err := a.topo.NewChunkTask(ch, c.priority, opts...)
 			if err == nil {
+				// Counted before it is queued: a worker uncounts it when
+				// done, which must come after.
+				err = a.store.AddHeld(ctx, a.topo.Pick(c.priority, c.id), c.id, len(c.ids), a.claimTTL())
+			}
+			if err == nil {
 				_, err = a.enq.EnqueueContext(ctx, task)
 			}
 			if errors.Is(err, asynq.ErrTaskIDConflict) {

@@ -73,6 +73,13 @@ func TestBatchEmailsInChunks(t *testing.T) {
 	if len(chunks) != 5 || held != 250 || high != 1 || scheduled != 1 {
 		t.Errorf("%d chunks holding %d emails, %d high, %d scheduled; want 5 holding 250, 1 high, 1 scheduled", len(chunks), held, high, scheduled)
 	}
+	// The emails the chunks hold are counted per priority
+	// (sendq_queue_held_emails): a chunk is one task of many emails.
+	for p, want := range map[string]int{queue.PriorityBulk: 245, queue.PriorityHigh: 5, queue.PriorityNormal: 0} {
+		if n, err := b.store.HeldEmails(context.Background(), queue.DefaultTopology.Queues(p)); err != nil || n != want {
+			t.Errorf("HeldEmails(%s) = %d, %v; want %d", p, n, err, want)
+		}
+	}
 	for i, res := range results(t, r) {
 		st := b.do(t, "GET", "/v1/emails/"+res["id"].(string), "", nil)
 		want := "queued"

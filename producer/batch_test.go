@@ -360,6 +360,10 @@ func TestBatchRetriedAfter503QueuesEachOnce(t *testing.T) {
 	if !bytes.Equal(again.raw, r.raw) || b.queued(t) != 20 {
 		t.Errorf("replay = %s; want the retry's answer, still 20 tasks", again.raw)
 	}
+	// Held emails are counted once, however often the chunk was offered.
+	if n, err := b.store.HeldEmails(context.Background(), queue.DefaultTopology.Queues(queue.PriorityBulk)); err != nil || n != 20 {
+		t.Errorf("HeldEmails = %d, %v; want 20", n, err)
+	}
 }
 
 // A batch whose first attempt queued only some of its emails and lost its

@@ -463,3 +463,70 @@ func (s *Store) HeldStates(ctx context.Context, ids []string) ([]string, error) 
 	}
 	return out, nil
 }
+
+// HeldKey is the hash that counts the emails held by the unfinished chunks
+// of queue q (one shard): a field per chunk (its id: how many emails it
+// holds) and heldTotal, their sum. It shares the queue's hash tag, so in a
+// Cluster it lives on the queue's master.
+func HeldKey(q string) string { return "sendq:held:{" + q + "}" }
+
+const heldTotal = "emails"
+
+// heldAddScript counts chunk ARGV[1] of ARGV[2] emails in KEYS[1] once
+// (a retried batch enqueues the same chunk again: counted once), and
+// keeps the hash ARGV[3] ms.
+var heldAddScript = redis.NewScript(`
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'emails', ARGV[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`)
+
+// heldDoneScript uncounts chunk ARGV[1] from KEYS[1], once.
+var heldDoneScript = redis.NewScript(`
+local n = redis.call('HGET', KEYS[1], ARGV[1])
+if n then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'emails', -tonumber(n))
+end
+return 1
+`)
+
+// AddHeld counts the n emails of chunk chunkID, queued on q, among the
+// emails q's chunks hold (HeldEmails) until DoneHeld; ttl bounds how long
+// a chunk removed from outside sendq (asynq's CLI) stays counted.
+func (s *Store) AddHeld(ctx context.Context, q, chunkID string, n int, ttl time.Duration) error {
+	if err := heldAddScript.Run(ctx, s.rdb, []string{HeldKey(q)}, chunkID, n, ttl.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("count held emails: %w", err)
+	}
+	return nil
+}
+
+// DoneHeld uncounts chunk chunkID of queue q: every email it held was
+// delivered, failed, canceled or left for a task of its own. Safe to
+// repeat.
+func (s *Store) DoneHeld(ctx context.Context, q, chunkID string) error {
+	if err := heldDoneScript.Run(ctx, s.rdb, []string{HeldKey(q)}, chunkID).Err(); err != nil {
+		return fmt.Errorf("uncount held emails: %w", err)
+	}
+	return nil
+}
+
+// HeldEmails is how many emails the unfinished chunks of queues hold (the
+// shards of one priority): pending, scheduled, or being delivered. Each
+// chunk is one asynq task, however many emails it holds.
+func (s *Store) HeldEmails(ctx context.Context, queues []string) (int, error) {
+	total := 0
+	for _, q := range queues {
+		n, err := s.rdb.HGet(ctx, HeldKey(q), heldTotal).Int()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read held emails: %w", err)
+		}
+		total += n
+	}
+	return total, nil
+}

@@ -86,7 +86,8 @@ func (w *Worker) ProcessChunk(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
 	run := &chunkRun{w: w, cache: &w.texts, slots: w.slots}
-	if q, ok := asynq.GetQueueName(ctx); ok {
+	q, _ := asynq.GetQueueName(ctx)
+	if q != "" {
 		if p, _ := w.cfg.Topology.Priority(q); p == queue.PriorityHigh {
 			run.slots = w.highSlots // never behind a bulk chunk's emails
 		}
@@ -140,6 +141,11 @@ func (w *Worker) ProcessChunk(ctx context.Context, t *asynq.Task) error {
 		}
 	}
 	wg.Wait()
+	if firstErr == nil && q != "" {
+		// Every email is settled or has left: the chunk no longer holds
+		// any (sendq_queue_held_emails).
+		firstErr = w.cfg.Store.DoneHeld(context.WithoutCancel(ctx), q, c.ID)
+	}
 	if firstErr != nil {
 		w.log.Warn("chunk to run again", "chunk", c.ID, "err", firstErr)
 	}

@@ -39,6 +39,10 @@ func (b *testBundle) hold(t *testing.T, batchID string, emails []*queue.Email, m
 		if err := b.store.Hold(context.Background(), held, time.Hour); err != nil {
 			t.Fatalf("Hold: %v", err)
 		}
+		// Counted as the intake counts it (sendq_queue_held_emails).
+		if err := b.store.AddHeld(context.Background(), queue.DefaultTopology.Pick(queue.PriorityBulk, c.ID), c.ID, len(ids), time.Hour); err != nil {
+			t.Fatalf("AddHeld: %v", err)
+		}
 		task, err := queue.DefaultTopology.NewChunkTask(c, queue.PriorityBulk, asynq.MaxRetry(5))
 		if err != nil {
 			t.Fatal(err)
@@ -70,7 +74,12 @@ func TestChunkDeliversEachEmailOnce(t *testing.T) {
 	b := setup(t, setupOpts{})
 	batch := uuid.NewString()
 	emails := newEmails(150, "r") // a chunk of 100 and one of 50
-	b.queueTasks(t, b.hold(t, batch, emails, 5))
+	tasks := b.hold(t, batch, emails, 5)
+	bulk := queue.DefaultTopology.Queues(queue.PriorityBulk)
+	if n, err := b.store.HeldEmails(context.Background(), bulk); err != nil || n != 150 {
+		t.Fatalf("HeldEmails before = %d, %v; want 150", n, err)
+	}
+	b.queueTasks(t, tasks)
 	for _, e := range emails {
 		st := b.waitFinal(t, e.ID)
 		if st.Status != queue.StatusSent || st.Attempts != 1 || st.BatchID != batch || st.Subject != "hello" || st.MaxAttempts != 5 {
@@ -86,6 +95,19 @@ func TestChunkDeliversEachEmailOnce(t *testing.T) {
 		if !bytes.Contains(m.Data, []byte("Content-Type: text/plain")) || !bytes.Contains(m.Data, []byte("\r\nhi\r\n")) {
 			t.Fatalf("message to %v lacks its text part:\n%s", m.To, m.Data)
 		}
+	}
+	// Both chunks done: they hold no email (the chunk's ack follows its
+	// last record, so wait for it).
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n, err := b.store.HeldEmails(context.Background(), bulk)
+		if err == nil && n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HeldEmails after = %d, %v; want 0", n, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	copies := b.smtp.Copies()
 	for _, e := range emails {

@@ -223,8 +223,8 @@ func serve(ctx context.Context, mode string, cfg *config.Config, log *slog.Logge
 	m := metrics.New(reg, reg)
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	topo := cfg.Topology()
-	reg.MustRegister(metrics.NewShardedQueueCollector(insp, queueGroups(topo, events.Queue)))
 	store := queue.NewStore(rdb, cfg.RecordTTL())
+	reg.MustRegister(metrics.NewShardedQueueCollector(insp, queueGroups(topo, events.Queue)).WithHeld(store.HeldEmails))
 	evm := events.NewMetrics(reg)
 	reg.MustRegister(events.NewCollector(rdb, insp))
 	eventsConfig := events.LogConfig{Endpoints: cfg.WebhookEndpoints, Retention: cfg.Retention, TTL: cfg.RecordTTL(),
