@@ -2,6 +2,7 @@ package producer_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/sendq/sendq/internal/apitest"
 	"github.com/sendq/sendq/producer"
 	"github.com/sendq/sendq/queue"
+	"github.com/sendq/sendq/templates"
 )
 
 const shippedTemplate = `{"Subject": "Order {{.OrderNo}} shipped, {{.FirstName}}",
@@ -280,5 +282,26 @@ func TestTemplatesRedisDown(t *testing.T) {
 		if code, _ := errField(r); r.code != http.StatusServiceUnavailable || code != "queue_unavailable" || r.header.Get("Retry-After") == "" {
 			t.Errorf("%s %s with Redis down = %d %s; want 503 queue_unavailable with Retry-After", c.method, c.path, r.code, r.raw)
 		}
+	}
+}
+
+// An owner keeps at most templates.MaxTemplates names: one more is a 409
+// naming the limit, while a new version of a kept one is still taken.
+func TestTooManyTemplates(t *testing.T) {
+	t.Parallel()
+	b := setupAPI(t, nil)
+	v := apitest.NewValidator(t)
+	body := `{"Subject": "s", "Text": "t"}`
+	for i := range templates.MaxTemplates {
+		if r := b.do(t, "PUT", fmt.Sprintf("/v1/templates/t%d", i), body, nil); r.code != http.StatusCreated {
+			t.Fatalf("PUT t%d = %d %s", i, r.code, r.raw)
+		}
+	}
+	r := b.doChecked(t, v, "PUT", "/v1/templates/one-more", body, nil)
+	if code, field := errField(r); r.code != http.StatusConflict || code != "too_many_templates" || field != "name" || !strings.Contains(r.raw2(), "1000") {
+		t.Errorf("PUT beyond the limit = %d %s; want 409 too_many_templates naming 1000", r.code, r.raw)
+	}
+	if r := b.doChecked(t, v, "PUT", "/v1/templates/t7", body, nil); r.code != http.StatusOK || r.body["version"] != float64(2) {
+		t.Errorf("a new version at the limit = %d %s; want 200 version 2", r.code, r.raw)
 	}
 }

@@ -168,6 +168,11 @@ func (a *API) putTemplate(w http.ResponseWriter, r *http.Request, key *APIKey) {
 	if parseFault(w, err) {
 		return
 	}
+	if errors.Is(err, templates.ErrTooMany) {
+		WriteError(w, http.StatusConflict, "too_many_templates", "name",
+			fmt.Sprintf("this API key (or tenant) has %d templates, the most it may keep: delete one first", templates.MaxTemplates))
+		return
+	}
 	if err != nil {
 		a.unavailable(w, err)
 		return

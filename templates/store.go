@@ -93,12 +93,29 @@ func NewStore(rdb redis.UniversalClient) *Store {
 	return &Store{rdb: rdb, parsed: map[string]*Version{}}
 }
 
+// Limits of one owner's templates. An email carries what its template
+// rendered at acceptance, so no queued email needs an old version: a
+// template keeps its last KeptVersions (a deploy script that PUTs its
+// templates every time does not grow Redis for ever), and an owner has at
+// most MaxTemplates names (a loop that invents names is refused, not
+// stored).
+const (
+	KeptVersions = 100
+	MaxTemplates = 1000
+)
+
+// ErrTooMany is a new template name for an owner who has MaxTemplates.
+var ErrTooMany = fmt.Errorf("templates: an owner has at most %d templates", MaxTemplates)
+
 // putScript gives name its next version number, stores the version and
-// makes it current, in one step.
+// makes it current, in one step, and drops the version KeptVersions
+// before it; {-1} if name is new and the owner has ARGV[3] names.
 var putScript = redis.NewScript(`
+local prev = redis.call('HGET', KEYS[2], ARGV[1])
+if not prev and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[3]) then return {-1, 0} end
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HSET', KEYS[3], 'v' .. n, ARGV[2])
-local prev = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], 'v' .. (n - tonumber(ARGV[4])))
 redis.call('HSET', KEYS[2], ARGV[1], n)
 if prev then return {n, 1} end
 return {n, 0}
@@ -120,9 +137,13 @@ func (s *Store) Put(ctx context.Context, owner, name string, src Source, now tim
 	if err != nil {
 		return nil, false, fmt.Errorf("templates: encode: %w", err)
 	}
-	res, err := putScript.Run(ctx, s.rdb, []string{SeqKey(owner), NamesKey(owner), TemplateKey(owner, name)}, name, b).Int64Slice()
+	res, err := putScript.Run(ctx, s.rdb, []string{SeqKey(owner), NamesKey(owner), TemplateKey(owner, name)},
+		name, b, MaxTemplates, KeptVersions).Int64Slice()
 	if err != nil {
 		return nil, false, fmt.Errorf("templates: put %s: %w", name, err)
+	}
+	if res[0] < 0 {
+		return nil, false, ErrTooMany
 	}
 	v = &Version{Name: name, Version: int(res[0]), CreatedAt: now, Parsed: p}
 	s.remember(owner, v)
@@ -157,9 +178,11 @@ func (s *Store) Get(ctx context.Context, owner, name string, n int) (*Version, e
 			return nil, err
 		}
 		n = cur
-	} else if _, err := s.Current(ctx, owner, name); err != nil {
+	} else if cur, err := s.Current(ctx, owner, name); err != nil {
 		// A deleted template's versions are gone with it.
 		return nil, err
+	} else if n <= cur-KeptVersions {
+		return nil, ErrVersionNotFound // dropped (KeptVersions), cached or not
 	}
 	if v := s.cached(owner, name, n); v != nil {
 		return v, nil

@@ -131,3 +131,45 @@ func TestStoreOnACluster(t *testing.T) {
 		t.Errorf("30 owners in %d slots; want them spread", len(slots))
 	}
 }
+
+// A template keeps its last KeptVersions (an email carries its render, so
+// none needs an older one), and an owner has at most MaxTemplates names.
+func TestStoreLimits(t *testing.T) {
+	t.Parallel()
+	rdb := client(t, redistest.Start(t).URL())
+	s := templates.NewStore(rdb)
+	ctx := context.Background()
+	src := templates.Source{Subject: "s", Text: "t"}
+	for range templates.KeptVersions + 5 {
+		if _, _, err := s.Put(ctx, "key:a", "often", src, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := templates.KeptVersions + 5
+	for n, want := range map[int]error{1: templates.ErrVersionNotFound, 5: templates.ErrVersionNotFound, 6: nil, last: nil} {
+		if _, err := s.Get(ctx, "key:a", "often", n); !errors.Is(err, want) && !(want == nil && err == nil) {
+			t.Errorf("Get version %d = %v; want %v", n, err, want)
+		}
+	}
+	// Another process (no cache) agrees.
+	if _, err := templates.NewStore(rdb).Get(ctx, "key:a", "often", 5); !errors.Is(err, templates.ErrVersionNotFound) {
+		t.Errorf("Get version 5 from another store = %v; want ErrVersionNotFound", err)
+	}
+	if n, _ := rdb.HLen(ctx, templates.TemplateKey("key:a", "often")).Result(); n != templates.KeptVersions {
+		t.Errorf("%d versions kept in Redis; want %d", n, templates.KeptVersions)
+	}
+	for i := range templates.MaxTemplates - 1 {
+		if _, _, err := s.Put(ctx, "key:a", fmt.Sprintf("t%d", i), src, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := s.Put(ctx, "key:a", "one-more", src, time.Now()); !errors.Is(err, templates.ErrTooMany) {
+		t.Errorf("template %d = %v; want ErrTooMany", templates.MaxTemplates+1, err)
+	}
+	if _, _, err := s.Put(ctx, "key:a", "often", src, time.Now()); err != nil {
+		t.Errorf("a new version of a kept template at the limit = %v; want nil", err)
+	}
+	if _, _, err := s.Put(ctx, "key:b", "one-more", src, time.Now()); err != nil {
+		t.Errorf("another owner's template = %v; want nil (limits are per owner)", err)
+	}
+}
