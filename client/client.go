@@ -264,6 +264,9 @@ func (c *Client) try(ctx context.Context, method, path string, body []byte, idem
 		return 0, fmt.Errorf("sendq client: %s %s: read the answer: %w", method, path, err)
 	}
 	if resp.StatusCode/100 == 2 {
+		if out == nil {
+			return -1, nil // the caller wants only the outcome
+		}
 		if err := json.Unmarshal(raw, out); err != nil {
 			return -1, fmt.Errorf("sendq client: %s %s: decode the %d answer: %w", method, path, resp.StatusCode, err)
 		}

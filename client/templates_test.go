@@ -9,7 +9,7 @@ import (
 	"github.com/sendq/sendq/client"
 )
 
-// PutTemplate and GetTemplate against a real sendq: versions count from 1,
+// The template calls against a real sendq: versions count from 1,
 // version 0 is the current one, an unknown name or version is a 404 and a
 // template that does not parse is a 400; a send names the template and is
 // rendered with its TemplateData.
@@ -52,5 +52,27 @@ func TestTemplates(t *testing.T) {
 	}
 	if st, err := c.Wait(ctx, acc.ID); err != nil || st.Status != client.StateSent || st.Subject != "Hi Ada" {
 		t.Errorf("Wait = %+v, %v; want sent with subject \"Hi Ada\"", st, err)
+	}
+
+	// Render, list, delete.
+	r, err := c.RenderTemplate(ctx, "welcome", map[string]any{"Name": "Bo <b>"})
+	if err != nil || r.Version != 2 || r.Subject != "Hello Bo <b>" || r.Html != "<p>Bo &lt;b&gt;</p>" {
+		t.Errorf("RenderTemplate = %+v, %v; want version 2, the subject as given, the HTML escaped", r, err)
+	}
+	if _, err := c.RenderTemplate(ctx, "welcome", nil); !errors.As(err, &ae) || ae.Code != "missing_variable" || ae.Field != "TemplateData.Name" {
+		t.Errorf("RenderTemplate without data = %v; want missing_variable on TemplateData.Name", err)
+	}
+	list, err := c.ListTemplates(ctx)
+	if err != nil || len(list) != 1 || list[0].Name != "welcome" || list[0].Version != 2 {
+		t.Errorf("ListTemplates = %+v, %v; want welcome at version 2", list, err)
+	}
+	if err := c.DeleteTemplate(ctx, "welcome"); err != nil {
+		t.Errorf("DeleteTemplate = %v", err)
+	}
+	if err := c.DeleteTemplate(ctx, "welcome"); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
+		t.Errorf("DeleteTemplate again = %v; want a 404 APIError", err)
+	}
+	if list, err := c.ListTemplates(ctx); err != nil || len(list) != 0 {
+		t.Errorf("ListTemplates after the delete = %+v, %v; want none", list, err)
 	}
 }
