@@ -57,8 +57,9 @@ func templatePath(name string) (string, error) {
 
 // PutTemplate stores t as a new version of template name and makes it
 // the current one. A template that does not parse is an *APIError with
-// Code invalid_template, its Field the part at fault. A retry after a
-// lost answer may store the same source twice, as two versions.
+// Code invalid_template, its Field the part at fault. The current
+// version's own source again stores nothing and answers that version, so
+// a retry after a lost answer is safe.
 func (c *Client) PutTemplate(ctx context.Context, name string, t Template) (*TemplateVersion, error) {
 	path, err := templatePath(name)
 	if err != nil {

@@ -301,7 +301,11 @@ func TestTooManyTemplates(t *testing.T) {
 	if code, field := errField(r); r.code != http.StatusConflict || code != "too_many_templates" || field != "name" || !strings.Contains(r.raw2(), "1000") {
 		t.Errorf("PUT beyond the limit = %d %s; want 409 too_many_templates naming 1000", r.code, r.raw)
 	}
-	if r := b.doChecked(t, v, "PUT", "/v1/templates/t7", body, nil); r.code != http.StatusOK || r.body["version"] != float64(2) {
+	if r := b.doChecked(t, v, "PUT", "/v1/templates/t7", `{"Subject": "s2", "Text": "t"}`, nil); r.code != http.StatusOK || r.body["version"] != float64(2) {
 		t.Errorf("a new version at the limit = %d %s; want 200 version 2", r.code, r.raw)
+	}
+	// The current source again is that version: 200, nothing stored.
+	if r := b.doChecked(t, v, "PUT", "/v1/templates/t7", `{"Subject": "s2", "Text": "t"}`, nil); r.code != http.StatusOK || r.body["version"] != float64(2) {
+		t.Errorf("the same source again = %d %s; want 200 version 2", r.code, r.raw)
 	}
 }

@@ -122,14 +122,23 @@ return {n, 0}
 `)
 
 // Put parses src and, if it parses, stores it as the new current version
-// of owner's template name. created is true when name had no current
-// version. A *ParseError is src's fault.
+// of owner's template name, unless src is the current version's source:
+// then that version is returned and nothing is stored. created is true
+// when name had no current version. A *ParseError is src's fault.
 func (s *Store) Put(ctx context.Context, owner, name string, src Source, now time.Time) (v *Version, created bool, err error) {
 	if !ValidName(name) {
 		return nil, false, fmt.Errorf("templates: invalid name %q", name)
 	}
 	p, err := Parse(src)
 	if err != nil {
+		return nil, false, err
+	}
+	// The current version's own source again (a retried PUT, a deploy
+	// script that PUTs every run) is that version: nothing is stored.
+	switch cur, err := s.Get(ctx, owner, name, 0); {
+	case err == nil && cur.Source() == src:
+		return cur, false, nil
+	case err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrVersionNotFound):
 		return nil, false, err
 	}
 	now = now.UTC().Truncate(time.Millisecond)

@@ -140,8 +140,8 @@ func TestStoreLimits(t *testing.T) {
 	s := templates.NewStore(rdb)
 	ctx := context.Background()
 	src := templates.Source{Subject: "s", Text: "t"}
-	for range templates.KeptVersions + 5 {
-		if _, _, err := s.Put(ctx, "key:a", "often", src, time.Now()); err != nil {
+	for i := range templates.KeptVersions + 5 {
+		if _, _, err := s.Put(ctx, "key:a", "often", templates.Source{Subject: fmt.Sprintf("s%d", i), Text: "t"}, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -166,10 +166,34 @@ func TestStoreLimits(t *testing.T) {
 	if _, _, err := s.Put(ctx, "key:a", "one-more", src, time.Now()); !errors.Is(err, templates.ErrTooMany) {
 		t.Errorf("template %d = %v; want ErrTooMany", templates.MaxTemplates+1, err)
 	}
-	if _, _, err := s.Put(ctx, "key:a", "often", src, time.Now()); err != nil {
-		t.Errorf("a new version of a kept template at the limit = %v; want nil", err)
+	if v, _, err := s.Put(ctx, "key:a", "often", src, time.Now()); err != nil || v.Version != templates.KeptVersions+6 {
+		t.Errorf("a new version of a kept template at the limit = %v, %v; want version %d", v, err, templates.KeptVersions+6)
 	}
 	if _, _, err := s.Put(ctx, "key:b", "one-more", src, time.Now()); err != nil {
 		t.Errorf("another owner's template = %v; want nil (limits are per owner)", err)
+	}
+}
+
+// A PUT of the current version's own source (a retried PUT, a deploy
+// script that PUTs every run) stores nothing and answers that version; a
+// change, or going back to an older source, is a new version.
+func TestStorePutSameSourceIsTheCurrentVersion(t *testing.T) {
+	t.Parallel()
+	rdb := client(t, redistest.Start(t).URL())
+	s := templates.NewStore(rdb)
+	ctx := context.Background()
+	a, b := templates.Source{Subject: "a", Text: "t"}, templates.Source{Subject: "b", Text: "t"}
+	for i, step := range []struct {
+		src     templates.Source
+		version int
+		created bool
+	}{{a, 1, true}, {a, 1, false}, {b, 2, false}, {b, 2, false}, {a, 3, false}} {
+		v, created, err := s.Put(ctx, "key:a", "n", step.src, time.Now())
+		if err != nil || v.Version != step.version || created != step.created {
+			t.Errorf("step %d: Put = %v, %v, %v; want version %d, created %v", i, v, created, err, step.version, step.created)
+		}
+	}
+	if n, _ := rdb.HLen(ctx, templates.TemplateKey("key:a", "n")).Result(); n != 3 {
+		t.Errorf("%d versions stored; want 3", n)
 	}
 }
