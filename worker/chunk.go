@@ -19,7 +19,6 @@ const claimGroup = 32
 // chunkRun is one run of a chunk task: what its emails share.
 type chunkRun struct {
 	w      *Worker
-	cache  *TextParts
 	shared queue.SharedCache
 	slots  chan struct{}
 }
@@ -31,14 +30,6 @@ func (r *chunkRun) sharedCache() *queue.SharedCache {
 		return nil
 	}
 	return &r.shared
-}
-
-// texts is the run's text-part cache; nil without a run.
-func (r *chunkRun) texts() *TextParts {
-	if r == nil {
-		return nil
-	}
-	return r.cache
 }
 
 // leave gives e, an email of the chunk to be tried again after delay, a
@@ -85,7 +76,7 @@ func (w *Worker) ProcessChunk(ctx context.Context, t *asynq.Task) error {
 		w.log.Error("undecodable chunk", "err", err)
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
-	run := &chunkRun{w: w, cache: &w.texts, slots: w.slots}
+	run := &chunkRun{w: w, slots: w.slots}
 	q, _ := asynq.GetQueueName(ctx)
 	if q != "" {
 		if p, _ := w.cfg.Topology.Priority(q); p == queue.PriorityHigh {

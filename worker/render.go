@@ -111,18 +111,15 @@ func (o *outgoing) WriteTo(w io.Writer) (int64, error) {
 
 // message renders e and signs it. prior is the signature an earlier attempt
 // sent (kept in the delivery record): it is sent again while it holds.
-// texts keeps the text parts derived from HTML bodies (nil: the worker's
-// own, shared by every email the process renders).
-func (w *Worker) message(e *queue.Email, prior string, texts *TextParts) (*outgoing, error) {
-	if texts == nil {
-		texts = &w.texts
-	}
+// The text parts derived from HTML bodies are the worker's (w.texts),
+// shared by every email the process renders, single sends and chunks.
+func (w *Worker) message(e *queue.Email, prior string) (*outgoing, error) {
 	envFrom, opts, err := w.references(e)
 	if err != nil {
 		return nil, fmt.Errorf("build message: %w", err)
 	}
 	if !w.cfg.NoTextPart {
-		opts = append(opts, WithTextParts(texts))
+		opts = append(opts, WithTextParts(&w.texts))
 	}
 	raw, err := RenderMessage(e, opts...)
 	if err != nil {

@@ -477,7 +477,7 @@ func (w *Worker) attempt(ctx context.Context, start time.Time, e *queue.Email, r
 			log.Warn("delivery attempt aborted", "err", err)
 			return err
 		}
-		msg, err := w.message(e, rec.DKIMSignature, run.texts())
+		msg, err := w.message(e, rec.DKIMSignature)
 		if err != nil {
 			// The message could not be built or signed: nothing will fix that.
 			failAll(queue.ReasonInvalid, oneLine(err.Error()))
