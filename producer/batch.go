@@ -616,7 +616,7 @@ func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer,
 		}
 		c.id = queue.ChunkID(batchID, c.ids)
 		for _, i := range c.idx {
-			held = append(held, queue.Held{Email: b.emails[i], Chunk: c.id,
+			held = append(held, queue.Held{Email: b.emails[i], Chunk: c.id, Queue: a.topo.Pick(c.priority, c.id),
 				MaxAttempts: a.cfg.MaxAttempts, Retention: a.cfg.Retention, AttemptTimeout: a.cfg.AttemptTimeout,
 				IfAbsent: again || claimedBefore[i]})
 		}
@@ -634,11 +634,6 @@ func (a *API) enqueueBatch(ctx context.Context, b *batchItems, ans *BatchAnswer,
 				opts = append(opts, asynq.ProcessAt(time.Unix(c.at, 0)))
 			}
 			task, err := a.topo.NewChunkTask(ch, c.priority, opts...)
-			if err == nil {
-				// Counted before it is queued: a worker uncounts it when
-				// done, which must come after.
-				err = a.store.AddHeld(ctx, a.topo.Pick(c.priority, c.id), c.id, len(c.ids), a.claimTTL())
-			}
 			if err == nil {
 				_, err = a.enq.EnqueueContext(ctx, task)
 			}

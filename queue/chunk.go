@@ -96,8 +96,10 @@ func DecodeChunk(payload []byte) (*Chunk, error) {
 // Held is an email to be held by a chunk (Store.Hold).
 type Held struct {
 	Email *Email
-	// Chunk is the id of the chunk that delivers it.
-	Chunk string
+	// Chunk is the id of the chunk that delivers it, and Queue the queue
+	// that chunk goes to: the chunk's emails are counted there
+	// (HeldEmails) when Queue is set.
+	Chunk, Queue string
 	// MaxAttempts, Retention and AttemptTimeout are what a single send's
 	// task options say (asynq.MaxRetry, Retention, Timeout): the email's
 	// own task, should it leave the chunk, gets them (Record.TaskOptions).
@@ -168,12 +170,33 @@ func (s *Store) Hold(ctx context.Context, hs []Held, ttl time.Duration) error {
 		}
 		cmds = append(cmds, pipe.HSet(ctx, key, fields...), pipe.PExpire(ctx, key, ttl), pipe.Set(ctx, pkey, payload, ttl))
 	}
+	// The chunks' counts, in the same round trip: before the chunks are
+	// queued, so that a worker's DoneHeld comes after.
+	type chunk struct{ q, id string }
+	var order []chunk
+	counts := map[chunk]int{}
+	for _, h := range hs {
+		if h.Queue == "" {
+			continue
+		}
+		c := chunk{h.Queue, h.Chunk}
+		if counts[c] == 0 {
+			order = append(order, c)
+		}
+		counts[c]++
+	}
+	for _, c := range order {
+		scripted = append(scripted, len(cmds))
+		cmds = append(cmds, heldAdd(ctx, pipe, c.q, c.id, counts[c], ttl))
+	}
 	_, err := pipe.Exec(ctx)
 	if err != nil && len(scripted) > 0 && isNoScript(err) {
-		// A Redis that does not know the script yet (first use, or a
-		// restart): load it and write again. Holding twice is the same.
-		if lerr := holdScript.Load(ctx, s.rdb).Err(); lerr != nil {
-			return fmt.Errorf("hold emails: %w", lerr)
+		// A Redis that does not know the scripts yet (first use, or a
+		// restart): load them and write again. Holding twice is the same.
+		for _, sc := range []*redis.Script{holdScript, heldAddScript} {
+			if lerr := sc.Load(ctx, s.rdb).Err(); lerr != nil {
+				return fmt.Errorf("hold emails: %w", lerr)
+			}
 		}
 		return s.Hold(ctx, hs, ttl)
 	}
@@ -496,11 +519,18 @@ return 1
 // AddHeld counts the n emails of chunk chunkID, queued on q, among the
 // emails q's chunks hold (HeldEmails) until DoneHeld; ttl bounds how long
 // a chunk removed from outside sendq (asynq's CLI) stays counted.
+// Hold does the same for the emails it holds with a Queue.
 func (s *Store) AddHeld(ctx context.Context, q, chunkID string, n int, ttl time.Duration) error {
 	if err := heldAddScript.Run(ctx, s.rdb, []string{HeldKey(q)}, chunkID, n, ttl.Milliseconds()).Err(); err != nil {
 		return fmt.Errorf("count held emails: %w", err)
 	}
 	return nil
+}
+
+// heldAdd is AddHeld's script on c, a pipeline (by its SHA: the caller
+// loads it on NOSCRIPT).
+func heldAdd(ctx context.Context, c redis.Scripter, q, chunkID string, n int, ttl time.Duration) *redis.Cmd {
+	return c.EvalSha(ctx, heldAddScript.Hash(), []string{HeldKey(q)}, chunkID, n, ttl.Milliseconds())
 }
 
 // DoneHeld uncounts chunk chunkID of queue q: every email it held was
