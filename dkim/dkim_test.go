@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -83,27 +82,6 @@ func records(keys []*dkim.Key) map[string]string {
 	return m
 }
 
-// goMsgauth verifies every signature of msg with go-msgauth, the keys from
-// recs instead of DNS, and returns one error (nil: pass) per signature.
-func goMsgauth(t *testing.T, msg []byte, recs map[string]string) []error {
-	t.Helper()
-	verifs, err := msgdkim.VerifyWithOptions(bytes.NewReader(msg), &msgdkim.VerifyOptions{
-		LookupTXT: func(name string) ([]string, error) {
-			if r, ok := recs[name]; ok {
-				return []string{r}, nil
-			}
-			return nil, fmt.Errorf("no TXT record at %s", name)
-		}})
-	if err != nil {
-		t.Fatalf("go-msgauth: %v", err)
-	}
-	out := make([]error, len(verifs))
-	for i, v := range verifs {
-		out[i] = v.Err
-	}
-	return out
-}
-
 // verdict is what the two verifiers made of one message.
 type verdict struct {
 	msgauth, dkimpy bool // every expected signature passed
@@ -117,7 +95,7 @@ func bothVerifiers(t *testing.T, recs map[string]string, want int, msgs ...[]byt
 	py := dkimtest.Dkimpy(t, recs, msgs...)
 	out := make([]verdict, len(msgs))
 	for i, msg := range msgs {
-		errs := goMsgauth(t, msg, recs)
+		errs := dkimtest.GoMsgauth(t, msg, recs)
 		v := verdict{msgauth: len(errs) == want, dkimpy: len(py[i]) == want,
 			detail: fmt.Sprintf("go-msgauth %v; dkimpy %q", errs, py[i])}
 		for _, err := range errs {

@@ -3,13 +3,11 @@ package worker_test
 import (
 	"bytes"
 	"crypto"
-	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	msgdkim "github.com/emersion/go-msgauth/dkim"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sendq/sendq/dkim"
@@ -54,26 +52,6 @@ func signedEmail(to ...string) *queue.Email {
 	e.Body = "<p>A new lead</p>\r\n.starts with a dot\r\n..and two\r\n<p><a href=\"https://contoso.example/lead/1\">Open it</a></p>"
 	e.Attachments = []queue.Attachment{{FileName: "lead.csv", ContentType: "text/csv", Data: []byte("lead,score\nFabrikam,99\n")}}
 	return e
-}
-
-// msgauthVerify returns go-msgauth's verdict on each signature of msg.
-func msgauthVerify(t *testing.T, msg []byte, records map[string]string) []error {
-	t.Helper()
-	verifs, err := msgdkim.VerifyWithOptions(bytes.NewReader(msg), &msgdkim.VerifyOptions{
-		LookupTXT: func(name string) ([]string, error) {
-			if r, ok := records[name]; ok {
-				return []string{r}, nil
-			}
-			return nil, fmt.Errorf("no TXT record at %s", name)
-		}})
-	if err != nil {
-		t.Fatalf("go-msgauth: %v", err)
-	}
-	errs := make([]error, len(verifs))
-	for i, v := range verifs {
-		errs[i] = v.Err
-	}
-	return errs
 }
 
 // allPass reports whether both verifiers found two signatures in msg, each
@@ -144,7 +122,7 @@ func TestDKIMSignedOnTheWire(t *testing.T) {
 	}
 	py := dkimtest.Dkimpy(t, records, all...)
 	for i, c := range cases {
-		m := msgauthVerify(t, c.msg, records)
+		m := dkimtest.GoMsgauth(t, c.msg, records)
 		if pass := allPass(m, py[i]); pass != c.pass {
 			t.Errorf("%s: verifies %v; want %v (go-msgauth %v, dkimpy %q)", c.name, pass, c.pass, m, py[i])
 		}
@@ -193,7 +171,7 @@ func TestDKIMSignatureIsTheSameOnEveryAttempt(t *testing.T) {
 	}
 	py := dkimtest.Dkimpy(t, records, msgs[0].Data, msgs[1].Data)
 	for i, m := range msgs {
-		if v := msgauthVerify(t, m.Data, records); !allPass(v, py[i]) {
+		if v := dkimtest.GoMsgauth(t, m.Data, records); !allPass(v, py[i]) {
 			t.Errorf("copy %d: go-msgauth %v, dkimpy %q; want both signatures valid", i+1, v, py[i])
 		}
 	}

@@ -1,5 +1,5 @@
 // Package dkimtest gives tests what DKIM needs: signing keys written as PEM
-// files, and a second, independent verifier, Debian's python3-dkim
+// files, go-msgauth's verifier, and a second, independent one, Debian's python3-dkim
 // (dkimpy, the library behind dkimverify), run with the public keys served
 // from a map instead of DNS.
 //
@@ -18,6 +18,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
 
 var (
@@ -96,6 +99,28 @@ for m in req["messages"]:
     out.append(res)
 json.dump(out, sys.stdout)
 `
+
+// GoMsgauth verifies every DKIM-Signature of msg with go-msgauth, the keys
+// coming from records (selector._domainkey.domain -> TXT record) instead
+// of DNS, and returns one error (nil: pass) per signature, topmost first.
+func GoMsgauth(t testing.TB, msg []byte, records map[string]string) []error {
+	t.Helper()
+	verifs, err := msgdkim.VerifyWithOptions(bytes.NewReader(msg), &msgdkim.VerifyOptions{
+		LookupTXT: func(name string) ([]string, error) {
+			if r, ok := records[name]; ok {
+				return []string{r}, nil
+			}
+			return nil, fmt.Errorf("no TXT record at %s", name)
+		}})
+	if err != nil {
+		t.Fatalf("go-msgauth: %v", err)
+	}
+	errs := make([]error, len(verifs))
+	for i, v := range verifs {
+		errs[i] = v.Err
+	}
+	return errs
+}
 
 // Dkimpy verifies every DKIM-Signature of each of msgs with python3-dkim
 // (one Python process for all), the keys coming from records
