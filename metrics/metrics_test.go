@@ -107,15 +107,23 @@ func TestQueueCollectorHeldEmails(t *testing.T) {
 	store := queue.NewStore(rdb, 0)
 	ctx := context.Background()
 	bulk := queue.DefaultTopology.Queues(queue.PriorityBulk)
-	for i, n := range []int{100, 100, 37} {
-		if err := store.AddHeld(ctx, bulk[0], fmt.Sprintf("chunk-%d", i), n, time.Hour); err != nil {
+	hold := func(chunk string, n int) {
+		t.Helper()
+		hs := make([]queue.Held, n)
+		for i := range hs {
+			e := &queue.Email{ID: fmt.Sprintf("%s-%d", chunk, i), CreatedAt: time.Now(),
+				From: queue.Address{Address: "a@example.com"}, To: []queue.Address{{Address: "b@example.com"}}}
+			hs[i] = queue.Held{Email: e, Chunk: chunk, Queue: bulk[0], MaxAttempts: 3}
+		}
+		if err := store.Hold(ctx, hs, time.Hour); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Offered twice (a retried batch), counted once; done twice, uncounted once.
-	if err := store.AddHeld(ctx, bulk[0], "chunk-2", 37, time.Hour); err != nil {
-		t.Fatal(err)
+	for i, n := range []int{100, 100, 37} {
+		hold(fmt.Sprintf("chunk-%d", i), n)
 	}
+	// Offered twice (a retried batch), counted once; done twice, uncounted once.
+	hold("chunk-2", 37)
 	for range 2 {
 		if err := store.DoneHeld(ctx, bulk[0], "chunk-0"); err != nil {
 			t.Fatal(err)

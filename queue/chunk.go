@@ -516,19 +516,10 @@ end
 return 1
 `)
 
-// AddHeld counts the n emails of chunk chunkID, queued on q, among the
-// emails q's chunks hold (HeldEmails) until DoneHeld; ttl bounds how long
-// a chunk removed from outside sendq (asynq's CLI) stays counted.
-// Hold does the same for the emails it holds with a Queue.
-func (s *Store) AddHeld(ctx context.Context, q, chunkID string, n int, ttl time.Duration) error {
-	if err := heldAddScript.Run(ctx, s.rdb, []string{HeldKey(q)}, chunkID, n, ttl.Milliseconds()).Err(); err != nil {
-		return fmt.Errorf("count held emails: %w", err)
-	}
-	return nil
-}
-
-// heldAdd is AddHeld's script on c, a pipeline (by its SHA: the caller
-// loads it on NOSCRIPT).
+// heldAdd counts the n emails of chunk chunkID, queued on q, among the
+// emails q's chunks hold (HeldEmails) until DoneHeld, on c, a pipeline
+// (by its SHA: the caller loads it on NOSCRIPT); ttl bounds how long a
+// chunk removed from outside sendq (asynq's CLI) stays counted.
 func heldAdd(ctx context.Context, c redis.Scripter, q, chunkID string, n int, ttl time.Duration) *redis.Cmd {
 	return c.EvalSha(ctx, heldAddScript.Hash(), []string{HeldKey(q)}, chunkID, n, ttl.Milliseconds())
 }
